@@ -136,12 +136,13 @@ def plan_merge(recipe: Recipe, ckpts: Dict[str, Checkpoint]) -> Tuple[List[Tenso
         shapes = []
         for r, n in zip(refs, in_names):
             if n not in ckpts[r]:
-                raise MergeError(f"tensor {n} is missing from model {r} (present in {refs[0]}); "
+                raise MergeError(f"tensor {n} is missing from model {r} (present in {donor_ref}); "
                                  "the models do not have the same architecture")
             shapes.append(ckpts[r].shape(n))
-        for r, n, s in zip(refs[1:], in_names[1:], shapes[1:]):
-            if s != shapes[0]:
-                raise _shape_error(n, refs[0], shapes[0], r, s)
+        ref = base if base is not None else 0
+        for r, n, s in zip(refs, in_names, shapes):
+            if s != shapes[ref]:
+                raise _shape_error(n, refs[ref], shapes[ref], r, s)
         g = {p.name: resolve(method, p.name, scopes(None), out_name, t, f"tensor {out_name}")
              for p in method.params if p.scope == "global"}
         per = []

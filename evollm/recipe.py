@@ -163,7 +163,10 @@ def parse_recipe(data: Any, origin: str = "<recipe>") -> Recipe:
                 known = ", ".join(q.name for q in method.params)
                 raise err(f"{key}.{name}", f"unknown parameter for {method.name} (known: {known})")
             for v in _setting_values(setting, f"{key}.{name}", err):
-                p.validate(_num(v), f"{origin}: {key}.{name}")
+                try:
+                    p.validate(_num(v), f"{origin}: {key}.{name}")
+                except ValueError as e:
+                    raise RecipeError(str(e)) from None
         return dict(value)
 
     def source(d, key, sliced: bool) -> Source:
@@ -310,7 +313,10 @@ def resolve(method: MergeMethod, name: str, scopes, tensor_name: str, t: float, 
         if scope and name in scope:
             v = evaluate_setting(scope[name], tensor_name, t)
             if v is not None:
-                return p.validate(v, where)
+                try:
+                    return p.validate(v, where)
+                except ValueError as e:
+                    raise RecipeError(str(e)) from None
     if p.default is REQUIRED:
         raise RecipeError(f"missing required parameter {name!r} for {where} "
                           f"(set it under the model's parameters or the global parameters)")

@@ -1,0 +1,213 @@
+"""Merge kernels against hand-computed values and the naive implementations in naive.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from evollm.merge import get_method, tensor_generator
+from evollm.merge import sparsify as sp
+from evollm.merge.methods import slerp_tensors
+
+import naive
+
+
+def run(method, tensors, base=None, params=None, inputs=None, seed=0):
+    m = get_method(method)
+    g = {p.name: p.default for p in m.params if p.scope == "global"}
+    g.update(params or {})
+    rng = lambda i: tensor_generator(seed, "t", i)  # noqa: E731
+    return m.fn([torch.as_tensor(t, dtype=torch.float64) for t in tensors], base, g, inputs, rng)
+
+
+def test_linear_by_hand():
+    a, b = np.array([1.0, 2.0]), np.array([3.0, 6.0])
+    out = run("linear", [a, b], inputs=[{"weight": 1.0}, {"weight": 3.0}])
+    assert out.tolist() == [2.5, 5.0]
+    out = run("linear", [a, b], params={"normalize": False}, inputs=[{"weight": 1.0}, {"weight": 3.0}])
+    assert out.tolist() == [10.0, 20.0]
+    with pytest.raises(ValueError, match="sum to 0"):
+        run("linear", [a, b], inputs=[{"weight": 1.0}, {"weight": -1.0}])
+
+
+def test_task_arithmetic_by_hand():
+    base, x, y = np.array([1.0, 1.0]), np.array([2.0, 0.0]), np.array([1.0, 3.0])
+    out = run("task_arithmetic", [base, x, y], base=0, params={"lambda": 2.0},
+              inputs=[{}, {"weight": 0.5, "density": 1.0}, {"weight": 1.0, "density": 1.0}])
+    # base + 2 * (0.5 * [1, -1] + 1 * [0, 2]) = [1, 1] + 2 * [0.5, 1.5]
+    assert out.tolist() == [2.0, 4.0]
+
+
+def test_ties_sign_election_ties_and_zeros_by_hand():
+    base = np.zeros(5)
+    x = np.array([1.0, -2.0, 0.0, 3.0, -1.0])
+    y = np.array([-1.0, 1.0, 0.0, 0.0, 1.0])
+    out = run("ties", [base, x, y], base=0,
+              inputs=[{}, {"weight": 1.0, "density": 1.0}, {"weight": 1.0, "density": 1.0}])
+    # entry 0: sum 0 -> '+' wins, only x's +1 kept, divided by weight 1 -> 1
+    # entry 1: sum -1 -> '-', x's -2 kept -> -2
+    # entry 2: all zero -> divisor 0 -> 1 -> 0
+    # entry 3: only x nonzero -> 3 (y's zero does not count in the divisor)
+    # entry 4: sum 0 -> '+', y's +1 kept -> 1
+    assert out.tolist() == [1.0, -2.0, 0.0, 3.0, 1.0]
+    raw = run("ties", [base, x, y], base=0, params={"normalize": False},
+              inputs=[{}, {"weight": 2.0, "density": 1.0}, {"weight": 1.0, "density": 1.0}])
+    assert raw.tolist() == [2.0, -4.0, 0.0, 6.0, -2.0]
+
+
+@pytest.mark.parametrize("normalize,lam", [(True, 1.0), (False, 0.7)])
+def test_ties_matches_naive(normalize, lam):
+    rs = np.random.RandomState(0)
+    base = rs.randn(6, 7)
+    xs = [base + rs.randn(6, 7) for _ in range(3)]
+    weights, dens = [0.5, 1.0, 0.3], [0.2, 0.5, 0.9]
+    ours = run("ties", [base, *xs], base=0, params={"normalize": normalize, "lambda": lam},
+               inputs=[{}] + [{"weight": w, "density": d} for w, d in zip(weights, dens)])
+    ref = naive.ties(base, xs, weights, dens, normalize=normalize, lam=lam)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_topk_keeps_at_least_one_and_exact_count():
+    d = torch.tensor([0.1, -5.0, 0.3, 2.0])
+    assert sp.magnitude(d, 0.01).tolist() == [0.0, -5.0, 0.0, 0.0]   # max(1, int(0.04)) = 1
+    assert sp.magnitude(d, 0.5).tolist() == [0.0, -5.0, 0.0, 2.0]
+    assert sp.magnitude(d, 0.0).tolist() == [0.0] * 4
+    assert sp.magnitude(d, 1.0) is d
+
+
+def test_dare_rescale_conventions():
+    d = torch.randn(10_000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kept_l1 = sp.bernoulli(d, 0.3, torch.Generator().manual_seed(5), rescale="l1")
+    kept_p = sp.bernoulli(d, 0.3, torch.Generator().manual_seed(5), rescale="density")
+    kept_raw = sp.bernoulli(d, 0.3, torch.Generator().manual_seed(5), rescale=None)
+    mask = kept_raw != 0
+    assert torch.equal(mask, kept_p != 0) and torch.equal(mask, kept_l1 != 0)
+    assert abs(mask.double().mean().item() - 0.3) < 0.02
+    # mergekit convention: L1 norm of the kept vector equals the original's
+    assert torch.isclose(kept_l1.abs().sum(), d.abs().sum(), rtol=1e-12)
+    scale = d.abs().sum() / d[mask].abs().sum()
+    torch.testing.assert_close(kept_l1[mask], d[mask] * scale)
+    # DARE paper convention: divide by the keep probability
+    torch.testing.assert_close(kept_p[mask], d[mask] / 0.3)
+    torch.testing.assert_close(kept_raw[mask], d[mask])
+
+
+def test_dare_masks_are_seeded_per_tensor_and_model():
+    d = torch.randn(1000)
+    a = sp.bernoulli(d, 0.5, tensor_generator(0, "w", 1))
+    b = sp.bernoulli(d, 0.5, tensor_generator(0, "w", 1))
+    c = sp.bernoulli(d, 0.5, tensor_generator(1, "w", 1))
+    e = sp.bernoulli(d, 0.5, tensor_generator(0, "w", 2))
+    f = sp.bernoulli(d, 0.5, tensor_generator(0, "w2", 1))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c) and not torch.equal(a, e) and not torch.equal(a, f)
+    torch.manual_seed(123)            # the global RNG plays no part
+    assert torch.equal(a, sp.bernoulli(d, 0.5, tensor_generator(0, "w", 1)))
+
+
+def test_dare_ties_equals_ties_combination_of_dare_masks():
+    rs = np.random.RandomState(3)
+    base = rs.randn(40)
+    xs = [base + rs.randn(40) for _ in range(2)]
+    w, dens = [0.7, 0.4], [0.5, 0.6]
+    ours = run("dare_ties", [base, *xs], base=0, seed=9,
+               inputs=[{}] + [{"weight": a, "density": b} for a, b in zip(w, dens)])
+    deltas = [sp.bernoulli(torch.tensor(x - base), p, tensor_generator(9, "t", i + 1)).numpy()
+              for i, (x, p) in enumerate(zip(xs, dens))]
+    ref = naive.combine(base, deltas, w, consensus=True, normalize=False)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-12, atol=1e-12)
+    lin = run("dare_linear", [base, *xs], base=0, seed=9,
+              inputs=[{}] + [{"weight": a, "density": b} for a, b in zip(w, dens)])
+    np.testing.assert_allclose(lin.numpy(), naive.combine(base, deltas, w, consensus=False, normalize=False),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_slerp_ends_orthogonal_and_parallel_fallback():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    torch.testing.assert_close(slerp_tensors(0.0, a, b), a)
+    torch.testing.assert_close(slerp_tensors(1.0, a, b), b)
+    # orthogonal: theta = pi/2, coefficients sin((1-t) pi/2), sin(t pi/2)
+    mid = slerp_tensors(0.5, a, b)
+    torch.testing.assert_close(mid, torch.tensor([np.sqrt(0.5), 2 * np.sqrt(0.5)], dtype=torch.float32))
+    # near-parallel: cos > 0.9995 -> plain linear interpolation
+    c = torch.tensor([1.0, 0.01])
+    d = torch.tensor([2.0, 0.0])
+    torch.testing.assert_close(slerp_tensors(0.25, c, d), 0.75 * c + 0.25 * d)
+    rs = np.random.RandomState(0)
+    x, y = rs.randn(3, 4), rs.randn(3, 4)
+    out = run("slerp", [x, y], base=0, params={"t": 0.3}, inputs=[{}, {}])
+    np.testing.assert_allclose(out.numpy(), naive.slerp(0.3, x, y), rtol=1e-6, atol=1e-6)
+    swapped = run("slerp", [y, x], base=1, params={"t": 0.3}, inputs=[{}, {}])
+    np.testing.assert_allclose(swapped.numpy(), out.numpy(), rtol=1e-6)
+
+
+def test_breadcrumbs_drops_both_tails():
+    d = torch.arange(1, 21, dtype=torch.float64) * torch.tensor([1.0, -1.0] * 10)   # |d| = 1..20
+    out = sp.magnitude_outliers(d, density=0.5, gamma=0.1)
+    kept = sorted(int(v) for v in out.abs().tolist() if v)
+    # 10 kept; the 2 largest (gamma * 20) are outliers; the 8 smallest are dropped
+    assert kept == list(range(9, 19))
+    # the cuts overlap: fewer outliers are dropped so 18 entries stay
+    out = sp.magnitude_outliers(d, density=0.9, gamma=0.2)
+    assert sorted(int(v) for v in out.abs().tolist() if v) == list(range(1, 19))
+    rs = np.random.RandomState(1)
+    base = rs.randn(30)
+    xs = [base + rs.randn(30) for _ in range(2)]
+    ours = run("breadcrumbs_ties", [base, *xs], base=0,
+               inputs=[{}, {"weight": 1.0, "density": 0.6, "gamma": 0.1}, {"weight": 0.5, "density": 0.4, "gamma": 0.05}])
+    deltas = [naive.breadcrumbs_trim(xs[0] - base, 0.6, 0.1), naive.breadcrumbs_trim(xs[1] - base, 0.4, 0.05)]
+    np.testing.assert_allclose(ours.numpy(), naive.combine(base, deltas, [1.0, 0.5], consensus=True, normalize=False))
+
+
+def test_della_keep_probabilities_follow_magnitude_rank():
+    row = torch.arange(1, 11, dtype=torch.float64)          # magnitudes ranked 0..9
+    trials = 4000
+    kept = torch.zeros(10, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(trials):
+        kept += (sp.della_magprune(row, 0.5, 0.2, g, rescale=None) != 0).double()
+    freq = kept / trials
+    expected = 0.3 + torch.arange(10, dtype=torch.float64) / 9 * 0.4   # 0.3 .. 0.7
+    assert torch.allclose(freq, expected, atol=0.04), freq
+    # DELLA paper rescale (1/p): unbiased
+    g = torch.Generator().manual_seed(1)
+    mean = sum(sp.della_magprune(row, 0.5, 0.2, g, rescale="density") for _ in range(trials)) / trials
+    assert torch.allclose(mean, row, rtol=0.08)
+    with pytest.raises(ValueError, match="density \\+/- epsilon"):
+        sp.della_magprune(row, 0.9, 0.15, g)
+    # ranks are per row of a matrix
+    m = torch.tensor([[1.0, 100.0], [100.0, 1.0]])
+    probs_seen = torch.zeros(2, 2)
+    for _ in range(2000):
+        probs_seen += (sp.della_magprune(m, 0.5, 0.4, g, rescale=None) != 0).float()
+    assert probs_seen[0, 1] > probs_seen[0, 0] * 4 and probs_seen[1, 0] > probs_seen[1, 1] * 4
+
+
+def test_model_stock_matches_formula():
+    rs = np.random.RandomState(2)
+    base = rs.randn(50)
+    common = rs.randn(50)
+    xs = [base + common + 0.5 * rs.randn(50) for _ in range(3)]
+    out = run("model_stock", [base, *xs], base=0, inputs=[{}, {}, {}, {}])
+    np.testing.assert_allclose(out.numpy(), naive.model_stock(base, xs), rtol=1e-10)
+    same = run("model_stock", [base, xs[0], xs[0]], base=0, inputs=[{}, {}, {}])
+    np.testing.assert_allclose(same.numpy(), xs[0], rtol=1e-10)    # cos = 1 -> t = 1
+
+
+def test_passthrough_scale():
+    x = torch.tensor([1.0, -2.0])
+    m = get_method("passthrough")
+    assert m.fn([x], None, {}, [{"scale": None}]) is x
+    assert m.fn([x], None, {}, [{"scale": 0.5}]).tolist() == [0.5, -1.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_for_deterministic_methods():
+    rs = np.random.RandomState(0)
+    base = torch.tensor(rs.randn(64, 64), dtype=torch.float32)
+    xs = [base + torch.tensor(rs.randn(64, 64), dtype=torch.float32) for _ in range(2)]
+    m = get_method("ties")
+    g = {"normalize": True, "lambda": 1.0, "rescale": False, "int8_mask": False}
+    inp = [{}, {"weight": 1.0, "density": 0.3}, {"weight": 0.5, "density": 0.6}]
+    cpu = m.fn([base, *xs], 0, g, inp, None)
+    gpu = m.fn([t.cuda() for t in (base, *xs)], 0, g, inp, None).cpu()
+    torch.testing.assert_close(cpu, gpu)
