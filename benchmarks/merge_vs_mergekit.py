@@ -17,7 +17,7 @@ tools on it, recording
   them exact agreement is not expected; the table also gives the relative
   difference of the mean |merged - base| between the two outputs.
 
-The inputs are three random Llama models (about 170M parameters in float32):
+The inputs are three random Llama models (about 125M parameters in float32):
 ``base`` (seeded random init) and two "fine-tunes" ``ft_a``/``ft_b`` = base +
 small seeded Gaussian noise (std = 1% of each tensor's std) on a different
 random half/third of the entries of every tensor, plus a shared component, so
@@ -66,15 +66,15 @@ EVOLLM_FLAGS = ["--device", "cpu", "--seed", "0"]
 # Child processes must not try to reach the Hugging Face hub.
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
-# Model shapes.  "default" is ~170M parameters (~680 MB per model in float32).
+# Model shapes.  "default" is ~125M parameters (~480 MiB per model in float32).
 PRESETS = {
     "default": dict(
-        hidden_size=1024,
-        intermediate_size=2816,
+        hidden_size=768,
+        intermediate_size=2048,
         num_hidden_layers=12,
-        num_attention_heads=16,
+        num_attention_heads=12,
         num_key_value_heads=4,
-        vocab_size=16000,
+        vocab_size=32000,
     ),
     "tiny": dict(
         hidden_size=64,
@@ -255,14 +255,21 @@ def build_models(workdir: Path, preset: str) -> dict[str, Path]:
     """Create base, ft_a and ft_b under workdir/models-<preset> (cached)."""
     root = workdir / f"models-{preset}"
     paths = {name: root / name for name in ["base"] + [f[0] for f in FINETUNES]}
-    if all((p / "config.json").exists() and list(p.glob("*.safetensors")) for p in paths.values()):
+    # The cache is valid only for the same shapes, seeds and noise.
+    spec = json.dumps(
+        {"shapes": PRESETS[preset], "finetunes": FINETUNES, "shared_seed": SHARED_NOISE_SEED, "noise": NOISE_SCALE},
+        sort_keys=True,
+    )
+    spec_file = root / "spec.json"
+    if spec_file.exists() and spec_file.read_text() == spec and all(p.exists() for p in paths.values()):
         return paths
+    shutil.rmtree(root, ignore_errors=True)
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     log(f"building {preset} models in {root} ...")
-    config = LlamaConfig(tie_word_embeddings=False, torch_dtype="float32", **PRESETS[preset])
+    config = LlamaConfig(tie_word_embeddings=False, **PRESETS[preset])
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float()
     save_model(model, paths["base"])
@@ -280,6 +287,7 @@ def build_models(workdir: Path, preset: str) -> dict[str, Path]:
             new_sd[key] = tensor + scale * mask * (0.5 * common + noise)
         model.load_state_dict(new_sd)
         save_model(model, paths[name])
+    spec_file.write_text(spec)  # written last: marks the cache complete
     return paths
 
 
@@ -333,17 +341,34 @@ def child_env() -> dict[str, str]:
     return env
 
 
+# ru_maxrss of a child also counts the memory its parent had when it forked
+# and exec'd (Linux folds the old address space's high-water mark into the new
+# program's), and this script holds the models and torch in memory.  So each
+# tool is started by this tiny stdlib-only launcher in a fresh interpreter,
+# which times it and reads its rusage.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+cmd, log = json.loads(sys.argv[1]), sys.argv[2]
+with open(log, "wb") as out:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "maxrss_kib": usage.ru_maxrss,
+                  "exit": os.waitstatus_to_exitcode(status)}))
+"""
+
+
 def timed_run(cmd: list[str], log_file: Path) -> RunResult:
-    """Run cmd, returning wall time and the child's peak RSS (ru_maxrss, KiB)."""
-    with open(log_file, "w") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env())
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
-    result = RunResult(seconds=seconds, peak_rss_mib=usage.ru_maxrss / 1024)
+    """Run cmd via the launcher: wall time and the child's peak RSS (ru_maxrss, KiB)."""
+    launcher = [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(cmd), str(log_file)]
+    proc = subprocess.run(launcher, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
-        result.error = f"exit {proc.returncode}: {last_line(log_file.read_text(errors='replace'))}"
+        return RunResult(error=f"launcher failed: {last_line(proc.stderr)}")
+    stats = json.loads(proc.stdout)
+    result = RunResult(seconds=stats["seconds"], peak_rss_mib=stats["maxrss_kib"] / 1024)
+    if stats["exit"] != 0:
+        result.error = f"exit {stats['exit']}: {last_line(log_file.read_text(errors='replace'))}"
     return result
 
 
@@ -479,9 +504,11 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def row_cells(row: Row) -> list[str]:
     e, m, c = row.evollm, row.mergekit, row.comparison
-    if e.error or m.error or c is None:
-        errors = [f"{tool}: {r.error}" for tool, r in (("evollm", e), ("mergekit", m)) if r.error]
-        diff = "error: " + "; ".join(errors)[:160] if errors else "–"
+    errors = [f"{tool}: {r.error}" for tool, r in (("evollm", e), ("mergekit", m)) if r.error]
+    if errors:
+        diff = ("error: " + "; ".join(errors))[:200]
+    elif c is None:
+        diff = "–"
     elif c.problem:
         diff = c.problem
     else:
@@ -552,7 +579,7 @@ def render_report(header: str, rows: list[Row]) -> str:
     details = []
     for r in rows:
         c = r.comparison
-        if c and c.worst_tensor:
+        if c and c.worst_tensor and c.max_abs_diff:
             details.append(f"- {r.method}: largest difference in `{c.worst_tensor}`")
         for note in (c.notes if c else [])[:6]:
             details.append(f"  - {note}")
@@ -619,7 +646,7 @@ def main(argv=None) -> int:
         results = {}
         for tool, argv_for in commands.items():
             if tool not in args.tools:
-                results[tool] = RunResult(error="not run")
+                results[tool] = RunResult()  # not run: empty cells
                 continue
             log(f"{method}: running {tool} ...")
             outs[tool].parent.mkdir(parents=True, exist_ok=True)
@@ -627,7 +654,7 @@ def main(argv=None) -> int:
             r = results[tool]
             log(f"{method}: {tool} " + (r.error or f"{r.seconds:.1f} s, {r.peak_rss_mib:.0f} MiB"))
         comparison = None
-        if not any(r.error for r in results.values()):
+        if all(r.seconds is not None for r in results.values()):
             try:
                 comparison = compare_outputs(outs["evollm"], outs["mergekit"], models["base"])
             except Exception as exc:  # a broken output must not stop the benchmark
