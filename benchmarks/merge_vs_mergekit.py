@@ -532,7 +532,15 @@ def row_cells(row: Row) -> list[str]:
     ]
 
 
-def machine_header(model_info: str, install_note: str, evollm_cmd: list[str], repeat: int) -> str:
+def import_rss(python: str, log_file: Path) -> str:
+    """Peak RSS of a bare `import torch, transformers, safetensors` in an env."""
+    res = timed_run([python, "-c", "import torch, transformers, safetensors"], log_file)
+    return res.error or f"{res.peak_rss_mib:.0f} MiB"
+
+
+def machine_header(
+    model_info: str, install_note: str, evollm_cmd: list[str], repeat: int, baselines: str
+) -> str:
     import torch
 
     mem_kib = next(
@@ -547,7 +555,7 @@ def machine_header(model_info: str, install_note: str, evollm_cmd: list[str], re
             f"- machine: {processor}, {os.cpu_count()} CPUs, "
             f"{mem_kib / 1024 ** 2:.1f} GiB RAM, {platform.platform()}",
             f"- python {platform.python_version()}; benchmark/evollm env: torch {torch.__version__}; "
-            f"mergekit env: {mergekit_versions()}",
+            f"mergekit env: {mergekit_versions() if mergekit_works() else 'not installed'}",
             f"- mergekit venv ({MERGEKIT_VENV.relative_to(BENCH_DIR.parent)}): {install_note}",
             f"- models: {model_info}",
             f"- evollm: `{shlex.join(evollm_cmd)} merge --recipe R --out DIR {' '.join(EVOLLM_FLAGS)}`",
@@ -555,6 +563,8 @@ def machine_header(model_info: str, install_note: str, evollm_cmd: list[str], re
             "CPU, single 5B-parameter shard, safetensors, no lazy unpickle)",
             f"- time: min over {repeat} run(s) of the whole child process (startup, load, merge, write); "
             "RSS: peak resident set of the child (ru_maxrss)",
+            f"- RSS of just importing torch, transformers and safetensors (included in the RSS columns): "
+            f"{baselines}",
         ]
     )
 
@@ -638,6 +648,9 @@ def main(argv=None) -> int:
     warm_page_cache(models)
     evollm = evollm_command(args.evollm_cmd)
     commands = tool_commands(evollm)
+    baselines = f"evollm env {import_rss(sys.executable, workdir / 'import-evollm-env.log')}"
+    if mergekit_works():
+        baselines += f", mergekit env {import_rss(str(venv_bin('python')), workdir / 'import-mergekit-env.log')}"
 
     rows = []
     for method in args.methods:
@@ -664,7 +677,7 @@ def main(argv=None) -> int:
             for out in outs.values():
                 shutil.rmtree(out, ignore_errors=True)
 
-    report = render_report(machine_header(model_info, install_note, evollm, args.repeat), rows)
+    report = render_report(machine_header(model_info, install_note, evollm, args.repeat, baselines), rows)
     print(report)
     args.report.write_text(report)
     log(f"wrote {args.report}")
