@@ -211,3 +211,16 @@ def test_cuda_matches_cpu_for_deterministic_methods():
     cpu = m.fn([base, *xs], 0, g, inp, None)
     gpu = m.fn([t.cuda() for t in (base, *xs)], 0, g, inp, None).cpu()
     torch.testing.assert_close(cpu, gpu)
+
+
+def test_rank_mask_breaks_ties_like_a_stable_sort():
+    w = torch.tensor([2.0, 1.0, 2.0, 3.0, 2.0, 0.5])
+    stable = torch.sort(w, stable=True).indices.tolist()          # [5, 1, 0, 2, 4, 3]
+    for k in range(7):
+        top = sp.rank_mask(w, k, largest=True).nonzero().squeeze(1).tolist()
+        low = sp.rank_mask(w, k, largest=False).nonzero().squeeze(1).tolist()
+        assert sorted(top) == sorted(stable[len(stable) - k:])
+        assert sorted(low) == sorted(stable[:k])
+    big = torch.randn(100_000, generator=torch.Generator().manual_seed(0)).abs()
+    assert torch.equal(sp.rank_mask(big, 777, True).nonzero().squeeze(1),
+                       torch.topk(big, 777).indices.sort().values)

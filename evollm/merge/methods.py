@@ -144,8 +144,8 @@ def _sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
     """TIES sign election ('sum' rule): an entry of delta i is kept when its sign equals the
     sign of the sum over models at that entry; an exact-zero sum counts as positive. Exact
     zeros in a delta never match, so they never count towards the divisor."""
-    majority = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
-    return deltas.sign() == majority
+    majority = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
+    return deltas * majority > 0
 
 
 def task_vector_merge(tensors, base, params, inputs, rng, *, sparsify: Optional[str],
@@ -177,9 +177,9 @@ def task_vector_merge(tensors, base, params, inputs, rng, *, sparsify: Optional[
     weights = weights.reshape(-1, *([1] * b.dim()))
     deltas.mul_(weights)
     if consensus:
-        mask = _sign_consensus(deltas).to(deltas.dtype)
-        merged = (deltas * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
+        keep = _sign_consensus(deltas)
+        merged = deltas.mul_(keep).sum(dim=0)
+        divisor = torch.tensordot(weights.reshape(-1), keep.to(deltas.dtype), dims=1)
         divisor[divisor == 0] = 1
     else:
         merged = deltas.sum(dim=0)

@@ -2,8 +2,11 @@
 are rescaled. Pure tensor functions; randomness only through an explicit generator.
 
 Semantics follow mergekit 0.1.5 (`mergekit/sparsify.py`), with two additions:
-- the top-k / outlier selections use partial selection (`topk`) instead of a full sort, which
-  picks the same set whenever magnitudes are distinct (ties at the cut are broken by index);
+- the top-k / outlier selections find their cut with a k-th value selection instead of a full
+  sort: the same set whenever magnitudes are distinct; entries of equal magnitude at the cut
+  are taken as a stable ascending sort orders them (mergekit's unstable sort leaves it open);
+- random drops draw ``uniform < p`` from the given generator (a Bernoulli(p) mask, faster
+  than ``torch.bernoulli`` on CPU);
 - besides mergekit's L1-norm rescale, the DARE paper's convention (divide each kept entry by
   its keep probability) is available as ``rescale="density"``.
 """
@@ -51,6 +54,23 @@ def _apply_mask(t: torch.Tensor, mask: torch.Tensor, rescale: Optional[str],
     raise ValueError(f"unknown rescale mode {rescale!r}; expected one of {RESCALE_MODES}")
 
 
+def rank_mask(w: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Boolean mask of the k largest (or smallest) entries of the flat tensor ``w``: the last
+    (or first) k positions of a stable ascending sort of ``w``, found without sorting."""
+    n = w.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=w.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=w.device)
+    thr = torch.kthvalue(w, n - k + 1 if largest else k).values
+    mask = w >= thr if largest else w <= thr
+    excess = int(mask.sum()) - k          # > 0 only when several entries equal the cut value
+    if excess > 0:
+        at_cut = (w == thr).nonzero().squeeze(1)
+        mask[at_cut[:excess] if largest else at_cut[-excess:]] = False
+    return mask
+
+
 def magnitude(t: torch.Tensor, density: float, rescale: Optional[str] = None) -> torch.Tensor:
     """TIES trim: keep the k = max(1, int(density * numel)) entries of largest magnitude."""
     if density >= 1:
@@ -61,8 +81,7 @@ def magnitude(t: torch.Tensor, density: float, rescale: Optional[str] = None) ->
     w = t.abs().reshape(-1)
     if w.device.type == "cpu":
         w = w.float()
-    mask = torch.zeros(t.numel(), dtype=t.dtype, device=t.device)
-    mask[torch.topk(w, k, sorted=False).indices] = 1
+    mask = rank_mask(w, k, largest=True).to(t.dtype)
     return _apply_mask(t, mask.reshape_as(t), rescale)
 
 
@@ -80,12 +99,8 @@ def magnitude_outliers(t: torch.Tensor, density: float, gamma: float = 0.01,
     w = t.abs().reshape(-1)
     if w.device.type == "cpu":
         w = w.float()
-    mask = torch.ones(n, dtype=t.dtype, device=t.device)
-    if n_top:
-        mask[torch.topk(w, n_top, largest=True, sorted=False).indices] = 0
-    if n_bottom:
-        mask[torch.topk(w, n_bottom, largest=False, sorted=False).indices] = 0
-    return _apply_mask(t, mask.reshape_as(t), rescale)
+    drop = rank_mask(w, n_top, largest=True) | rank_mask(w, n_bottom, largest=False)
+    return _apply_mask(t, (~drop).to(t.dtype).reshape_as(t), rescale)
 
 
 def bernoulli(t: torch.Tensor, density: float, generator: torch.Generator,
@@ -96,7 +111,7 @@ def bernoulli(t: torch.Tensor, density: float, generator: torch.Generator,
     if density <= 0:
         return torch.zeros_like(t)
     work = _work_dtype(t)
-    mask = torch.empty(t.shape, dtype=work, device=t.device).bernoulli_(density, generator=generator)
+    mask = (torch.rand(t.shape, generator=generator, device=t.device) < density).to(work)
     return _apply_mask(t.to(work), mask, rescale, keep_prob=density).to(t.dtype)
 
 
@@ -124,6 +139,6 @@ def della_magprune(t: torch.Tensor, density: float, epsilon: float, generator: t
     # (rank - min) / (max - min) with ranks 0..n-1; a single column has no spread -> 0
     rank_norm = ranks.to(work) / (n - 1) if n > 1 else torch.zeros_like(x)
     probs = (density - epsilon) + rank_norm * (2 * epsilon)
-    mask = torch.bernoulli(probs, generator=generator).to(work)
+    mask = (torch.rand(probs.shape, generator=generator, device=x.device) < probs).to(work)
     out = _apply_mask(x, mask, rescale, keep_prob=probs)
     return out.to(t.dtype).reshape(shape)
