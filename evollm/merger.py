@@ -252,7 +252,7 @@ def merge_tensor(task: TensorTask, ckpts: Dict[str, Checkpoint], method: MergeMe
         return tensor_generator(seed, task.name, i, device=device, candidate=candidate)
 
     out = method.fn(tensors, task.base, task.params, task.per_input, rng)
-    if not torch.isfinite(out.sum(dtype=torch.float64)):   # one pass: any NaN or inf shows here
+    if not torch.isfinite(torch.stack(torch.aminmax(out))).all():   # NaN propagates to min/max
         raise MergeError(f"tensor {task.name}: the merge produced NaN or inf "
                          f"(method {method.name}, parameters {task.params}, {task.per_input})")
     return out.to(task.out_dtype)

@@ -224,3 +224,14 @@ def test_rank_mask_breaks_ties_like_a_stable_sort():
     big = torch.randn(100_000, generator=torch.Generator().manual_seed(0)).abs()
     assert torch.equal(sp.rank_mask(big, 777, True).nonzero().squeeze(1),
                        torch.topk(big, 777).indices.sort().values)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "skewed"])
+def test_kth_smallest_is_exact_on_large_tensors(kind):
+    g = torch.Generator().manual_seed(0)
+    n = 9 * sp._SAMPLE + 17                      # takes the bracketing path
+    w = {"normal": torch.randn(n, generator=g).abs(),
+         "ties": torch.randint(0, 50, (n,), generator=g).float(),
+         "skewed": torch.randn(n, generator=g).exp() ** 4}[kind]
+    for j in (1, 2, n // 3, n // 2, n - 5, n):
+        assert sp.kth_smallest(w, j) == torch.kthvalue(w, j).values

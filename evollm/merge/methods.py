@@ -162,7 +162,7 @@ def task_vector_merge(tensors, base, params, inputs, rng, *, sparsify: Optional[
     rescale = None if rescale in (False, "none") else ("l1" if rescale is True else rescale)
     deltas = b.new_empty((len(others), *b.shape))
     for row, i in enumerate(others):
-        d = tensors[i] - b
+        raw = d = torch.sub(tensors[i], b, out=deltas[row])
         p = inputs[i]
         if sparsify == "magnitude":
             d = sp.magnitude(d, p["density"], rescale)
@@ -172,7 +172,8 @@ def task_vector_merge(tensors, base, params, inputs, rng, *, sparsify: Optional[
             d = sp.magnitude_outliers(d, p["density"], p["gamma"], rescale)
         elif sparsify == "della":
             d = sp.della_magprune(d, p["density"], p["epsilon"], rng(i), rescale)
-        deltas[row] = d
+        if d is not raw:
+            deltas[row] = d
     weights = torch.tensor([inputs[i]["weight"] for i in others], dtype=deltas.dtype, device=deltas.device)
     weights = weights.reshape(-1, *([1] * b.dim()))
     deltas.mul_(weights)
@@ -189,7 +190,7 @@ def task_vector_merge(tensors, base, params, inputs, rng, *, sparsify: Optional[
         merged /= divisor
     if params["lambda"] != 1:
         merged *= params["lambda"]
-    return (b + merged).to(b.dtype)
+    return merged.add_(b).to(b.dtype)
 
 
 def model_stock(tensors, base, params, inputs, rng=None) -> torch.Tensor:

@@ -32,26 +32,55 @@ def _work_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def l1_rescaled(t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """``t * mask`` scaled so its L1 norm equals ``t``'s (unchanged when either is ~0)."""
-    masked = t * mask
-    before = t.abs().sum()
-    after = masked.abs().sum()
+    """``t`` where the boolean ``mask`` holds (0 elsewhere), scaled so its L1 norm equals
+    ``t``'s (unchanged when either norm is ~0)."""
+    masked = torch.where(mask, t, 0)
+    before = torch.linalg.vector_norm(t, ord=1)
+    after = torch.linalg.vector_norm(masked, ord=1)
     if before < eps or after < eps:
         return masked
-    return masked * (before / after)
+    return masked.mul_(before / after)
 
 
 def _apply_mask(t: torch.Tensor, mask: torch.Tensor, rescale: Optional[str],
                 keep_prob=None) -> torch.Tensor:
+    """Keep the entries of ``t`` where the boolean ``mask`` holds, then rescale."""
     if rescale is None:
-        return t * mask
+        return torch.where(mask, t, 0)
     if rescale == "l1":
         return l1_rescaled(t, mask)
     if rescale == "density":
         if keep_prob is None:
             raise ValueError("rescale='density' applies only to random drops (dare_*, della*)")
-        return t * mask / keep_prob
+        return torch.where(mask, t, 0).div_(keep_prob)
     raise ValueError(f"unknown rescale mode {rescale!r}; expected one of {RESCALE_MODES}")
+
+
+_SAMPLE = 1 << 16
+
+
+def kth_smallest(w: torch.Tensor, j: int) -> torch.Tensor:
+    """Exact j-th smallest value (1-based) of the flat tensor ``w``.
+
+    ``torch.kthvalue`` is a single-threaded quickselect over the whole tensor; on large tensors
+    this first brackets the answer between two quantiles of a fixed-seed sample, counts what
+    lies below the bracket (vectorised passes), and selects only among the entries inside it.
+    The counts prove the answer is inside; if the bracket misses, it falls back to the full
+    selection, so the result is always exact."""
+    n = w.numel()
+    if n <= 8 * _SAMPLE:
+        return torch.kthvalue(w, j).values
+    g = torch.Generator(device=w.device).manual_seed(n)
+    sample = w[torch.randint(n, (_SAMPLE,), generator=g, device=w.device)].sort().values
+    q = j / n
+    margin = 6 * (q * (1 - q) / _SAMPLE) ** 0.5 + 2 / _SAMPLE
+    lo = sample[max(0, int((q - margin) * _SAMPLE))]
+    hi = sample[min(_SAMPLE - 1, int((q + margin) * _SAMPLE))]
+    below = int(torch.count_nonzero(w < lo))
+    inside = w[(w >= lo) & (w <= hi)]
+    if below < j <= below + inside.numel():
+        return torch.kthvalue(inside, j - below).values
+    return torch.kthvalue(w, j).values
 
 
 def rank_mask(w: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
@@ -62,9 +91,9 @@ def rank_mask(w: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool, device=w.device)
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=w.device)
-    thr = torch.kthvalue(w, n - k + 1 if largest else k).values
+    thr = kth_smallest(w, n - k + 1 if largest else k)
     mask = w >= thr if largest else w <= thr
-    excess = int(mask.sum()) - k          # > 0 only when several entries equal the cut value
+    excess = int(torch.count_nonzero(mask)) - k          # > 0 only when several entries equal the cut value
     if excess > 0:
         at_cut = (w == thr).nonzero().squeeze(1)
         mask[at_cut[:excess] if largest else at_cut[-excess:]] = False
@@ -81,8 +110,7 @@ def magnitude(t: torch.Tensor, density: float, rescale: Optional[str] = None) ->
     w = t.abs().reshape(-1)
     if w.device.type == "cpu":
         w = w.float()
-    mask = rank_mask(w, k, largest=True).to(t.dtype)
-    return _apply_mask(t, mask.reshape_as(t), rescale)
+    return _apply_mask(t, rank_mask(w, k, largest=True).reshape(t.shape), rescale)
 
 
 def magnitude_outliers(t: torch.Tensor, density: float, gamma: float = 0.01,
@@ -100,7 +128,7 @@ def magnitude_outliers(t: torch.Tensor, density: float, gamma: float = 0.01,
     if w.device.type == "cpu":
         w = w.float()
     drop = rank_mask(w, n_top, largest=True) | rank_mask(w, n_bottom, largest=False)
-    return _apply_mask(t, (~drop).to(t.dtype).reshape_as(t), rescale)
+    return _apply_mask(t, (~drop).reshape(t.shape), rescale)
 
 
 def bernoulli(t: torch.Tensor, density: float, generator: torch.Generator,
@@ -111,7 +139,7 @@ def bernoulli(t: torch.Tensor, density: float, generator: torch.Generator,
     if density <= 0:
         return torch.zeros_like(t)
     work = _work_dtype(t)
-    mask = (torch.rand(t.shape, generator=generator, device=t.device) < density).to(work)
+    mask = torch.rand(t.shape, generator=generator, device=t.device) < density
     return _apply_mask(t.to(work), mask, rescale, keep_prob=density).to(t.dtype)
 
 
@@ -134,11 +162,11 @@ def della_magprune(t: torch.Tensor, density: float, epsilon: float, generator: t
         x = x.unsqueeze(0)
     n = x.shape[1]
     order = torch.argsort(x.abs(), dim=1, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(n, device=x.device).expand_as(order))
-    # (rank - min) / (max - min) with ranks 0..n-1; a single column has no spread -> 0
-    rank_norm = ranks.to(work) / (n - 1) if n > 1 else torch.zeros_like(x)
-    probs = (density - epsilon) + rank_norm * (2 * epsilon)
-    mask = (torch.rand(probs.shape, generator=generator, device=x.device) < probs).to(work)
+    # keep probability of each rank r = 0..n-1: (density - eps) + r / (n - 1) * 2 eps (a row
+    # of one column has no spread: density - eps), scattered to where each rank sits
+    rank_norm = torch.arange(n, device=x.device, dtype=work) / (n - 1) if n > 1 else torch.zeros(1, dtype=work)
+    by_rank = (density - epsilon) + rank_norm * (2 * epsilon)
+    probs = torch.empty(x.shape, dtype=work, device=x.device).scatter_(1, order, by_rank.expand_as(order))
+    mask = torch.rand(probs.shape, generator=generator, device=x.device) < probs
     out = _apply_mask(x, mask, rescale, keep_prob=probs)
     return out.to(t.dtype).reshape(shape)
