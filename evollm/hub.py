@@ -27,7 +27,8 @@ def resolve_model(ref: str, base_dir: Optional[Path] = None) -> Path:
     repo, _, revision = ref.partition("@")
     try:
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_PATTERNS,
+                                      ignore_patterns=["consolidated*"]))   # duplicate weights (Mistral repos)
     except Exception as e:  # offline, unknown repo, gated, ...
         raise CheckpointError(f"model {ref}: not a local folder, and fetching it from the Hugging "
                               f"Face hub failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

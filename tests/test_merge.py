@@ -245,3 +245,21 @@ def test_cuda_merge_matches_cpu(fam, tmp_path):
     sa, sb = state(a), state(b)
     for n in sa:
         torch.testing.assert_close(sa[n], sb[n])
+
+
+def test_error_nan_output_names_the_tensor(fam, tmp_path, capsys):
+    from pathlib import Path
+    broken = tmp_path / "broken"
+    _rewrite(Path(fam[1]), broken,
+             lambda sd: sd["model.layers.2.mlp.up_proj.weight"].view(-1).__setitem__(3, float("nan")))
+    err = run_err(tmp_path, {"merge_method": "task_arithmetic", "base_model": fam[0],
+                             "models": [{"model": str(broken), "parameters": {"weight": 1}}]}, capsys)
+    assert "tensor model.layers.2.mlp.up_proj.weight: the merge produced NaN or inf" in err
+
+
+def test_hub_reference_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from evollm.checkpoint import CheckpointError
+    from evollm.hub import resolve_model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="not a local folder, and fetching it from the Hugging Face hub failed"):
+        resolve_model("no-such-org/no-such-model")
