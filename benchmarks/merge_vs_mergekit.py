@@ -9,8 +9,9 @@ filter) the script writes one recipe in mergekit's YAML syntax and runs both
 tools on it, recording
 
 * wall time of the child process (``time.perf_counter`` around it),
-* peak RSS of the child (``ru_maxrss`` from ``os.wait4``; it covers the child
-  and any descendants it waited for),
+* peak RSS of the child (``ru_maxrss`` from ``os.wait4``, read by a small
+  launcher process so that this script's own memory is not counted; it covers
+  the tool and any descendants it waited for),
 * agreement of the outputs: equal tensor names and shapes, and the largest
   absolute difference over all tensors.  DARE and DELLA draw random masks
   (mergekit from the global torch RNG, evollm from seeded generators), so for
@@ -52,15 +53,17 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 MERGEKIT_VENV = BENCH_DIR / ".mergekit-venv"
+INSTALL_NOTE = MERGEKIT_VENV / "benchmark-install-time.txt"
 MERGEKIT_SPEC = "mergekit==0.1.5"
-MERGEKIT_TORCH_SPEC = "torch==2.13.0"  # a small CPU wheel; see README
+# A plain `torch` would pull the multi-GB CUDA build; 2.13.0 is a small CPU wheel here.
+MERGEKIT_TORCH_SPEC = "torch==2.13.0"
 MERGEKIT_FLAGS = ["--no-copy-tokenizer", "--random-seed", "0"]
 EVOLLM_FLAGS = ["--device", "cpu", "--seed", "0"]
 # Child processes must not try to reach the Hugging Face hub.
@@ -90,33 +93,34 @@ FINETUNES = [("ft_a", 1, 0.5), ("ft_b", 2, 0.3)]
 SHARED_NOISE_SEED = 3
 NOISE_SCALE = 0.01  # std of the noise relative to the tensor's std
 
+
 # --------------------------------------------------------------------------
 # Recipes (mergekit syntax).  $base, $ft_a, $ft_b are model paths; $half and
 # $layers are the layer counts for passthrough.
 # --------------------------------------------------------------------------
-_COMMON = "dtype: float32\n"
-_TWO_FT = """models:
-  - model: $ft_a
-    parameters: {$pa}
-  - model: $ft_b
-    parameters: {$pb}
-"""
+def _two_finetunes(method: str, params_a: str, params_b: str, base: bool = True) -> str:
+    """A recipe merging ft_a and ft_b (with `base` as base model unless base=False)."""
+    return (
+        f"merge_method: {method}\n"
+        + ("base_model: $base\n" if base else "")
+        + "dtype: float32\n"
+        + "models:\n"
+        + "  - model: $ft_a\n"
+        + "    parameters: {%s}\n" % params_a
+        + "  - model: $ft_b\n"
+        + "    parameters: {%s}\n" % params_b
+    )
 
 
-def _gta(method: str, pa: str, pb: str) -> str:
-    """A task-arithmetic-family recipe over ft_a and ft_b with base `base`."""
-    body = Template(_TWO_FT).safe_substitute(pa=pa, pb=pb)
-    return f"merge_method: {method}\nbase_model: $base\n{_COMMON}{body}"
-
-
+_DARE = "density: 0.5, weight: 0.5"
+_BREADCRUMBS = "density: 0.9, gamma: 0.01, weight: 0.5"
+_DELLA = "density: 0.5, epsilon: 0.1, weight: 0.5"
 RECIPES = {
-    "linear": "merge_method: linear\n"
-    + _COMMON
-    + Template(_TWO_FT).safe_substitute(pa="weight: 0.3", pb="weight: 0.7"),
-    "task_arithmetic": _gta("task_arithmetic", "weight: 0.5", "weight: 0.8"),
-    "ties": _gta("ties", "density: 0.5, weight: 0.6", "density: 0.3, weight: 0.4"),
-    "dare_ties": _gta("dare_ties", "density: 0.5, weight: 0.5", "density: 0.5, weight: 0.5"),
-    "dare_linear": _gta("dare_linear", "density: 0.5, weight: 0.5", "density: 0.5, weight: 0.5"),
+    "linear": _two_finetunes("linear", "weight: 0.3", "weight: 0.7", base=False),
+    "task_arithmetic": _two_finetunes("task_arithmetic", "weight: 0.5", "weight: 0.8"),
+    "ties": _two_finetunes("ties", "density: 0.5, weight: 0.6", "density: 0.3, weight: 0.4"),
+    "dare_ties": _two_finetunes("dare_ties", _DARE, _DARE),
+    "dare_linear": _two_finetunes("dare_linear", _DARE, _DARE),
     "slerp": """merge_method: slerp
 base_model: $base
 dtype: float32
@@ -126,22 +130,10 @@ models:
 parameters:
   t: [0, 0.5, 1]
 """,
-    "breadcrumbs": _gta(
-        "breadcrumbs", "density: 0.9, gamma: 0.01, weight: 0.5", "density: 0.9, gamma: 0.01, weight: 0.5"
-    ),
-    "breadcrumbs_ties": _gta(
-        "breadcrumbs_ties",
-        "density: 0.9, gamma: 0.01, weight: 0.5",
-        "density: 0.9, gamma: 0.01, weight: 0.5",
-    ),
-    "della": _gta(
-        "della", "density: 0.5, epsilon: 0.1, weight: 0.5", "density: 0.5, epsilon: 0.1, weight: 0.5"
-    ),
-    "della_linear": _gta(
-        "della_linear",
-        "density: 0.5, epsilon: 0.1, weight: 0.5",
-        "density: 0.5, epsilon: 0.1, weight: 0.5",
-    ),
+    "breadcrumbs": _two_finetunes("breadcrumbs", _BREADCRUMBS, _BREADCRUMBS),
+    "breadcrumbs_ties": _two_finetunes("breadcrumbs_ties", _BREADCRUMBS, _BREADCRUMBS),
+    "della": _two_finetunes("della", _DELLA, _DELLA),
+    "della_linear": _two_finetunes("della_linear", _DELLA, _DELLA),
     "model_stock": """merge_method: model_stock
 base_model: $base
 dtype: float32
@@ -174,6 +166,7 @@ parameters:
 """,
 }
 RANDOM_METHODS = {"dare_ties", "dare_linear", "della", "della_linear"}
+DIFF_TOL = 1e-6  # elements differing by more than this are counted
 
 
 # --------------------------------------------------------------------------
@@ -215,7 +208,8 @@ def mergekit_works() -> bool:
 def ensure_mergekit(skip_install: bool) -> str:
     """Create the mergekit venv if needed; return a note on what was done."""
     if mergekit_works():
-        return "already present (not reinstalled)"
+        note = INSTALL_NOTE.read_text().strip() if INSTALL_NOTE.exists() else "?"
+        return f"already present ({note} when it was created)"
     if skip_install:
         raise SystemExit(f"--skip-mergekit-install given but {venv_bin('mergekit-yaml')} does not work")
     log(f"creating {MERGEKIT_VENV} ...")
@@ -232,20 +226,30 @@ def ensure_mergekit(skip_install: bool) -> str:
     if not mergekit_works():
         raise SystemExit("mergekit-yaml --help fails in the fresh venv")
     note = (
-        f"installed in {t2 - t0:.0f} s (venv + {MERGEKIT_TORCH_SPEC}: {t1 - t0:.0f} s, "
-        f"{MERGEKIT_SPEC} and deps: {t2 - t1:.0f} s)"
+        f"installed in {t2 - t0:.0f} s: venv + {MERGEKIT_TORCH_SPEC} {t1 - t0:.0f} s, "
+        f"{MERGEKIT_SPEC} and deps {t2 - t1:.0f} s"
     )
+    INSTALL_NOTE.write_text(note + "\n")
     log(note)
     return note
 
 
-def mergekit_versions() -> str:
+def describe_env(python: str, tool: str, log_file: Path) -> str:
+    """Versions in an environment, and the peak RSS of just importing torch there."""
     code = (
-        "import importlib.metadata as m, torch, transformers;"
-        "print(f\"mergekit {m.version('mergekit')}, torch {torch.__version__}, "
-        "transformers {transformers.__version__}\")"
+        "import importlib.metadata as m, torch, transformers, safetensors\n"
+        f"tool = {tool!r}\n"
+        "print(f'{tool} {m.version(tool)}, torch {torch.__version__}, '\n"
+        "      f'transformers {transformers.__version__}, safetensors {safetensors.__version__}')"
     )
-    return run_checked([str(venv_bin("python")), "-c", code], env=child_env()).stdout.strip()
+    res = timed_run([python, "-c", code], log_file)
+    if res.error:
+        return f"`{python}`: {res.error}"
+    versions = last_line(log_file.read_text())
+    return (
+        f"`{python}`: {versions}; importing torch, transformers and safetensors alone "
+        f"peaks at {res.peak_rss_mib:.0f} MiB RSS"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -257,7 +261,12 @@ def build_models(workdir: Path, preset: str) -> dict[str, Path]:
     paths = {name: root / name for name in ["base"] + [f[0] for f in FINETUNES]}
     # The cache is valid only for the same shapes, seeds and noise.
     spec = json.dumps(
-        {"shapes": PRESETS[preset], "finetunes": FINETUNES, "shared_seed": SHARED_NOISE_SEED, "noise": NOISE_SCALE},
+        {
+            "shapes": PRESETS[preset],
+            "finetunes": FINETUNES,
+            "shared_seed": SHARED_NOISE_SEED,
+            "noise": NOISE_SCALE,
+        },
         sort_keys=True,
     )
     spec_file = root / "spec.json"
@@ -269,6 +278,7 @@ def build_models(workdir: Path, preset: str) -> dict[str, Path]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     log(f"building {preset} models in {root} ...")
+    t0 = time.perf_counter()
     config = LlamaConfig(tie_word_embeddings=False, **PRESETS[preset])
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float()
@@ -288,6 +298,7 @@ def build_models(workdir: Path, preset: str) -> dict[str, Path]:
         model.load_state_dict(new_sd)
         save_model(model, paths[name])
     spec_file.write_text(spec)  # written last: marks the cache complete
+    log(f"built the models in {time.perf_counter() - t0:.0f} s")
     return paths
 
 
@@ -366,10 +377,9 @@ def timed_run(cmd: list[str], log_file: Path) -> RunResult:
     if proc.returncode != 0:
         return RunResult(error=f"launcher failed: {last_line(proc.stderr)}")
     stats = json.loads(proc.stdout)
-    result = RunResult(seconds=stats["seconds"], peak_rss_mib=stats["maxrss_kib"] / 1024)
     if stats["exit"] != 0:
-        result.error = f"exit {stats['exit']}: {last_line(log_file.read_text(errors='replace'))}"
-    return result
+        return RunResult(error=f"exit {stats['exit']}: {last_line(log_file.read_text(errors='replace'))}")
+    return RunResult(seconds=stats["seconds"], peak_rss_mib=stats["maxrss_kib"] / 1024)
 
 
 def evollm_command(override: str | None) -> list[str]:
@@ -439,6 +449,8 @@ def iter_shapes(model_dir: Path):
 class Comparison:
     max_abs_diff: float | None = None
     worst_tensor: str | None = None
+    n_differ: int = 0  # elements with |a - b| > DIFF_TOL
+    n_total: int = 0
     delta_rel_diff: float | None = None  # of mean |out - base|, evollm vs mergekit
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -446,8 +458,6 @@ class Comparison:
 
 def compare_outputs(a_dir: Path, b_dir: Path, base_dir: Path | None) -> Comparison:
     """Max |a - b| over all tensors, and mean |x - base| of a and b if base given."""
-    import torch
-
     a_files, b_files = tensor_files(a_dir), tensor_files(b_dir)
     only_a, only_b = sorted(set(a_files) - set(b_files)), sorted(set(b_files) - set(a_files))
     cmp = Comparison()
@@ -468,7 +478,11 @@ def compare_outputs(a_dir: Path, b_dir: Path, base_dir: Path | None) -> Comparis
         if ta.dtype != tb.dtype:
             cmp.notes.append(f"{name}: dtype {ta.dtype} vs {tb.dtype}")
         ta, tb = ta.double(), tb.double()
-        diff = float((ta - tb).abs().max()) if ta.numel() else 0.0
+        absdiff = (ta - tb).abs()
+        diff = float(absdiff.max()) if ta.numel() else 0.0
+        cmp.n_differ += int((absdiff > DIFF_TOL).sum())
+        cmp.n_total += ta.numel()
+        del absdiff
         if diff > worst:
             worst, cmp.worst_tensor = diff, name
         if name in base_files:
@@ -513,6 +527,8 @@ def row_cells(row: Row) -> list[str]:
         diff = c.problem
     else:
         diff = fmt(c.max_abs_diff, ".2e")
+        if c.n_differ and row.method not in RANDOM_METHODS:
+            diff += f" ({c.n_differ} elements > {DIFF_TOL:g})"
     if row.method in RANDOM_METHODS:
         kind = "random (statistics)"
         if c and c.delta_rel_diff is not None:
@@ -532,41 +548,32 @@ def row_cells(row: Row) -> list[str]:
     ]
 
 
-def import_rss(python: str, log_file: Path) -> str:
-    """Peak RSS of a bare `import torch, transformers, safetensors` in an env."""
-    res = timed_run([python, "-c", "import torch, transformers, safetensors"], log_file)
-    return res.error or f"{res.peak_rss_mib:.0f} MiB"
-
-
 def machine_header(
-    model_info: str, install_note: str, evollm_cmd: list[str], repeat: int, baselines: str
+    envs: dict[str, str], model_info: str, install_note: str, evollm_cmd: list[str], repeat: int
 ) -> str:
-    import torch
-
     mem_kib = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
         if line.startswith("MemTotal:")
     )
     processor = platform.processor() or cpu_model_name()
-    return "\n".join(
-        [
-            "# evollm merge vs mergekit-yaml (CPU)",
-            "",
-            f"- machine: {processor}, {os.cpu_count()} CPUs, "
-            f"{mem_kib / 1024 ** 2:.1f} GiB RAM, {platform.platform()}",
-            f"- python {platform.python_version()}; benchmark/evollm env: torch {torch.__version__}; "
-            f"mergekit env: {mergekit_versions() if mergekit_works() else 'not installed'}",
-            f"- mergekit venv ({MERGEKIT_VENV.relative_to(BENCH_DIR.parent)}): {install_note}",
-            f"- models: {model_info}",
-            f"- evollm: `{shlex.join(evollm_cmd)} merge --recipe R --out DIR {' '.join(EVOLLM_FLAGS)}`",
-            f"- mergekit: `mergekit-yaml R DIR {' '.join(MERGEKIT_FLAGS)}` (all other flags default: "
-            "CPU, single 5B-parameter shard, safetensors, no lazy unpickle)",
-            f"- time: min over {repeat} run(s) of the whole child process (startup, load, merge, write); "
-            "RSS: peak resident set of the child (ru_maxrss)",
-            f"- RSS of just importing torch, transformers and safetensors (included in the RSS columns): "
-            f"{baselines}",
-        ]
-    )
+    lines = [
+        "# evollm merge vs mergekit-yaml (CPU)",
+        "",
+        f"- machine: {processor}, {os.cpu_count()} CPUs, {mem_kib / 1024**2:.1f} GiB RAM, "
+        f"{platform.platform()}, python {platform.python_version()}",
+    ]
+    lines += [f"- {tool} env {desc}" for tool, desc in envs.items()]
+    lines += [
+        f"- mergekit venv `{MERGEKIT_VENV.relative_to(BENCH_DIR.parent)}`: {install_note}",
+        f"- models: {model_info}",
+        f"- evollm: `{shlex.join(evollm_cmd)} merge --recipe R --out DIR {' '.join(EVOLLM_FLAGS)}`",
+        f"- mergekit: `mergekit-yaml R DIR {' '.join(MERGEKIT_FLAGS)}` (other flags at their defaults: "
+        "CPU, one output shard up to 5B parameters, safetensors, no lazy unpickle)",
+        f"- time: best of {repeat} run(s) of the whole process (start-up, imports, load, merge, write); "
+        "peak RSS: ru_maxrss of the tool's process",
+    ]
+    return "\n".join(lines)
 
 
 def cpu_model_name() -> str:
@@ -579,18 +586,40 @@ def cpu_model_name() -> str:
     return "unknown CPU"
 
 
+NOTES = """\
+Notes: max abs diff is over all tensors of the two outputs (float32).  For a
+deterministic method a handful of differing elements can come from entries
+with exactly equal |delta| at the top-k threshold of TIES/breadcrumbs, which
+the two tools' sorts break differently.  DARE and DELLA draw their masks from
+different random streams (mergekit: the global torch RNG seeded by
+--random-seed; evollm: its own seeded generators), so single elements differ
+by up to a whole delta; for them the kind column compares the mean
+|merged - base| of the two outputs instead."""
+
+
 def render_report(header: str, rows: list[Row]) -> str:
     columns = [
-        "method", "max abs diff", "kind", "evollm s", "mergekit s", "time ratio (evollm/mergekit)",
-        "evollm peak RSS MiB", "mergekit peak RSS MiB", "RSS ratio",
+        "method",
+        "max abs diff",
+        "kind",
+        "evollm s",
+        "mergekit s",
+        "time ratio (evollm/mergekit)",
+        "evollm peak RSS MiB",
+        "mergekit peak RSS MiB",
+        "RSS ratio",
     ]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+    lines += ["", NOTES]
     details = []
     for r in rows:
         c = r.comparison
         if c and c.worst_tensor and c.max_abs_diff:
-            details.append(f"- {r.method}: largest difference in `{c.worst_tensor}`")
+            details.append(
+                f"- {r.method}: {c.n_differ:,} of {c.n_total:,} elements differ by more than "
+                f"{DIFF_TOL:g}; largest difference in `{c.worst_tensor}`"
+            )
         for note in (c.notes if c else [])[:6]:
             details.append(f"  - {note}")
         for tool, res in (("evollm", r.evollm), ("mergekit", r.mergekit)):
@@ -638,6 +667,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     workdir = args.workdir.resolve()
     install_note = ensure_mergekit(args.skip_mergekit_install) if "mergekit" in args.tools else "not used"
+    workdir.mkdir(parents=True, exist_ok=True)
     models = build_models(workdir, args.preset)
     n_params = count_params(models["base"])
     n_layers = PRESETS[args.preset]["num_hidden_layers"]
@@ -648,9 +678,9 @@ def main(argv=None) -> int:
     warm_page_cache(models)
     evollm = evollm_command(args.evollm_cmd)
     commands = tool_commands(evollm)
-    baselines = f"evollm env {import_rss(sys.executable, workdir / 'import-evollm-env.log')}"
-    if mergekit_works():
-        baselines += f", mergekit env {import_rss(str(venv_bin('python')), workdir / 'import-mergekit-env.log')}"
+    envs = {"evollm": describe_env(sys.executable, "evollm", workdir / "env-evollm.log")}
+    if "mergekit" in args.tools:
+        envs["mergekit"] = describe_env(str(venv_bin("python")), "mergekit", workdir / "env-mergekit.log")
 
     rows = []
     for method in args.methods:
@@ -677,7 +707,7 @@ def main(argv=None) -> int:
             for out in outs.values():
                 shutil.rmtree(out, ignore_errors=True)
 
-    report = render_report(machine_header(model_info, install_note, evollm, args.repeat, baselines), rows)
+    report = render_report(machine_header(envs, model_info, install_note, evollm, args.repeat), rows)
     print(report)
     args.report.write_text(report)
     log(f"wrote {args.report}")
