@@ -7,6 +7,7 @@ run_merge(...) executes that plan and streams the result into an output folder.
 
 from __future__ import annotations
 
+import copy
 import re
 import sys
 import time
@@ -16,11 +17,12 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .checkpoint import (TOKENIZER_FILES, AtomicFolder, Checkpoint, CheckpointError, ShardedWriter,
+from .checkpoint import (TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter,
                          copy_files, dtype_from_name, write_json_atomic)
+from .hub import resolve_model
 from .merge import tensor_generator
 from .merge.methods import MergeMethod
-from .recipe import Recipe, RecipeError, Source, resolve
+from .recipe import Recipe, Source, resolve
 
 LAYER_RE = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 #: config keys that must agree between the sources of a parameter-space merge
@@ -118,7 +120,7 @@ def plan_merge(recipe: Recipe, ckpts: Dict[str, Checkpoint]) -> Tuple[List[Tenso
     donor_ref = recipe.base_model or recipe.model_refs()[0]
     donor = ckpts[donor_ref]
     prefix, n_layers = layer_prefix(donor)
-    out_cfg = dict(donor.config)
+    out_cfg = copy.deepcopy(donor.config)
     tasks: List[TensorTask] = []
 
     def add(out_name, sources: List[Source], in_names: List[str], base_ref, scopes, t):
@@ -150,12 +152,12 @@ def plan_merge(recipe: Recipe, ckpts: Dict[str, Checkpoint]) -> Tuple[List[Tenso
             want = ("input",) if i == base else ("input", "non_base")
             per.append({p.name: resolve(method, p.name, scopes(src), n, t, f"model {src.model}, tensor {n}")
                         for p in method.params if p.scope in want})
-        stored = ckpts[refs[base if base is not None else 0]].dtype(in_names[base or 0])
+        stored = ckpts[refs[ref]].dtype(in_names[ref])
         work = dtype_from_name(recipe.dtype) if recipe.dtype else stored
         out = dtype_from_name(recipe.out_dtype) if recipe.out_dtype else work
         if not stored.is_floating_point:
             work = out = stored
-        tasks.append(TensorTask(out_name, list(zip(refs, in_names)), base, g, per, shapes[0], work, out))
+        tasks.append(TensorTask(out_name, list(zip(refs, in_names)), base, g, per, shapes[ref], work, out))
 
     if recipe.models is not None:
         sources = list(recipe.models)
@@ -225,20 +227,28 @@ def plan_merge(recipe: Recipe, ckpts: Dict[str, Checkpoint]) -> Tuple[List[Tenso
                 layer_types.append(lt[src_idx])
             out_idx += 1
     non_layer(slices[-1], pre=False)
-    cfg = text_config(out_cfg) if "text_config" in out_cfg else out_cfg
-    if cfg is not out_cfg:
-        out_cfg["text_config"] = cfg = dict(cfg)
+    cfg = text_config(out_cfg)
     cfg["num_hidden_layers"] = out_idx
     if "layer_types" in cfg and len(layer_types) == out_idx:
         cfg["layer_types"] = layer_types
     return tasks, out_cfg
 
 
+def _recipe_dir(recipe: Recipe) -> Optional[Path]:
+    return Path(recipe.origin).parent if recipe.origin and not recipe.origin.startswith("<") else None
+
+
 def open_models(recipe: Recipe, allow_pickle: bool = False) -> Dict[str, Checkpoint]:
-    from .hub import resolve_model
-    base_dir = Path(recipe.origin).parent if recipe.origin and not recipe.origin.startswith("<") else None
-    return {r: Checkpoint(resolve_model(r, base_dir), name=r, allow_pickle=allow_pickle)
+    return {r: Checkpoint(resolve_model(r, _recipe_dir(recipe)), name=r, allow_pickle=allow_pickle)
             for r in recipe.model_refs()}
+
+
+def tokenizer_folder(recipe: Recipe, ckpts: Dict[str, Checkpoint]) -> Path:
+    """Where the output's tokenizer files come from: tokenizer_source, else the base model,
+    else the first model."""
+    ref = recipe.tokenizer_source if recipe.tokenizer_source not in (None, "base") else recipe.base_model
+    ref = ref or recipe.model_refs()[0]
+    return ckpts[ref].path if ref in ckpts else resolve_model(ref, _recipe_dir(recipe))
 
 
 def merge_tensor(task: TensorTask, ckpts: Dict[str, Checkpoint], method: MergeMethod, seed: int,
@@ -267,15 +277,16 @@ def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
     target = AtomicFolder(out_dir, force=force)          # refuses an existing folder up front
     ckpts = open_models(recipe, allow_pickle=allow_pickle)
     tasks, out_cfg = plan_merge(recipe, ckpts)
+    tok_path = tokenizer_folder(recipe, ckpts)
     method = recipe.method
     out_dtypes = {t.out_dtype for t in tasks if t.out_dtype.is_floating_point}
     if len(out_dtypes) == 1:
         name = str(next(iter(out_dtypes))).replace("torch.", "")
-        cfg = out_cfg.get("text_config", out_cfg)
-        for c in {id(out_cfg): out_cfg, id(cfg): cfg}.values():
-            c["dtype"] = name
-            if "torch_dtype" in c:
-                c["torch_dtype"] = name
+        for c in (out_cfg, out_cfg.get("text_config")):
+            if c is not None:
+                c["dtype"] = name
+                if "torch_dtype" in c:
+                    c["torch_dtype"] = name
     with target as tmp:
         writer = ShardedWriter(tmp, [(t.name, t.out_dtype, t.shape) for t in tasks], shard_bytes)
         try:
@@ -287,13 +298,6 @@ def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
             writer.abort()
             raise
         write_json_atomic(tmp / "config.json", out_cfg)
-        tok_ref = recipe.base_model if recipe.tokenizer_source in (None, "base") else recipe.tokenizer_source
-        tok_ref = tok_ref or recipe.model_refs()[0]
-        if tok_ref not in ckpts:
-            from .hub import resolve_model
-            tok_path = resolve_model(tok_ref, None)
-        else:
-            tok_path = ckpts[tok_ref].path
         copy_files(tok_path, tmp, TOKENIZER_FILES)
         (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
     secs = time.perf_counter() - start
