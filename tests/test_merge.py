@@ -263,3 +263,17 @@ def test_hub_reference_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="not a local folder, and fetching it from the Hugging Face hub failed"):
         resolve_model("no-such-org/no-such-model")
+
+
+def test_tokenizer_source_and_plain_string_models(fam, tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+    (Path(fam[2]) / "tokenizer_config.json").write_text('{"from": "ft1"}')
+    recipe = {"merge_method": "model_stock", "base_model": fam[0], "models": [fam[1], fam[2]],
+              "tokenizer_source": fam[2]}
+    code, out = merge(tmp_path, recipe)
+    assert code == 0
+    assert json.loads((out / "tokenizer_config.json").read_text()) == {"from": "ft1"}
+    shutil.rmtree(out)
+    err = run_err(tmp_path, dict(recipe, tokenizer_source=str(tmp_path / "missing-tok")), capsys)
+    assert "missing-tok: no such folder" in err
