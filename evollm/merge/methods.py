@@ -14,6 +14,7 @@ means the same thing in both tools.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -122,14 +123,14 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: f
     nb = torch.linalg.vector_norm(b)
     na = na if na > eps else torch.ones_like(na)
     nb = nb if nb > eps else torch.ones_like(nb)
-    dot = ((a / na) * (b / nb)).sum().clamp(-1, 1)
-    if dot.abs() > dot_threshold:
+    dot = float(((a * b).sum() / (na * nb)).clamp(-1, 1))
+    if abs(dot) > dot_threshold:
         ca, cb = 1 - t, t
     else:
-        theta = torch.acos(dot)
-        s = torch.sin(theta)
-        ca, cb = torch.sin((1 - t) * theta) / s, torch.sin(t * theta) / s
-    return (ca * a + cb * b).reshape(v0.shape).to(v0.dtype)
+        theta = math.acos(dot)
+        s = math.sin(theta)
+        ca, cb = math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+    return (a * ca).add_(b, alpha=cb).reshape(v0.shape).to(v0.dtype)
 
 
 def slerp(tensors, base, params, inputs, rng=None) -> torch.Tensor:
