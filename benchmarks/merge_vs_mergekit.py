@@ -237,9 +237,13 @@ def ensure_mergekit(skip_install: bool) -> str:
 def describe_env(python: str, tool: str, log_file: Path) -> str:
     """Versions in an environment, and the peak RSS of just importing torch there."""
     code = (
-        "import importlib.metadata as m, torch, transformers, safetensors\n"
+        "import importlib, importlib.metadata as m, torch, transformers, safetensors\n"
         f"tool = {tool!r}\n"
-        "print(f'{tool} {m.version(tool)}, torch {torch.__version__}, '\n"
+        "try:\n"
+        "    version = m.version(tool)\n"
+        "except m.PackageNotFoundError:  # on PYTHONPATH, not installed (--same-torch)\n"
+        "    version = importlib.import_module(tool).__version__ + ' (from PYTHONPATH)'\n"
+        "print(f'{tool} {version}, torch {torch.__version__}, '\n"
         "      f'transformers {transformers.__version__}, safetensors {safetensors.__version__}')"
     )
     res = timed_run([python, "-c", code], log_file)
@@ -643,8 +647,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--evollm-cmd", help="command for evollm (default: evollm next to this python)")
     p.add_argument("--tools", default="evollm,mergekit", help="tools to run (comparison needs both)")
     p.add_argument("--keep-outputs", action="store_true", help="keep merged models in the work dir")
-    p.add_argument("--report", type=Path, default=BENCH_DIR / "merge_vs_mergekit.md")
+    p.add_argument("--same-torch", action="store_true",
+                   help="run evollm with the mergekit venv's python (the repository on PYTHONPATH), so "
+                        "both tools use the same torch build and pay the same import cost")
+    p.add_argument("--report", type=Path, help="default: benchmarks/merge_vs_mergekit.md "
+                                              "(merge_vs_mergekit_same_torch.md with --same-torch)")
     args = p.parse_args(argv)
+    if args.report is None:
+        args.report = BENCH_DIR / ("merge_vs_mergekit_same_torch.md" if args.same_torch else "merge_vs_mergekit.md")
     args.methods = args.methods.split(",") if args.methods else list(RECIPES)
     unknown = [m for m in args.methods if m not in RECIPES]
     if unknown:
@@ -676,9 +686,15 @@ def main(argv=None) -> int:
         f"{n_params / 1e6:.1f}M parameters, {4 * n_params / 2**20:.0f} MiB each in float32"
     )
     warm_page_cache(models)
-    evollm = evollm_command(args.evollm_cmd)
+    if args.same_torch:
+        os.environ["PYTHONPATH"] = str(BENCH_DIR.parent)
+        evollm_python = str(venv_bin("python"))
+        evollm = [evollm_python, "-m", "evollm.cli"]
+    else:
+        evollm_python = sys.executable
+        evollm = evollm_command(args.evollm_cmd)
     commands = tool_commands(evollm)
-    envs = {"evollm": describe_env(sys.executable, "evollm", workdir / "env-evollm.log")}
+    envs = {"evollm": describe_env(evollm_python, "evollm", workdir / "env-evollm.log")}
     if "mergekit" in args.tools:
         envs["mergekit"] = describe_env(str(venv_bin("python")), "mergekit", workdir / "env-mergekit.log")
 
