@@ -11,6 +11,7 @@ renamed into place only when complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -180,10 +181,7 @@ def _shard_plan(specs: List[Tuple[str, torch.dtype, Tuple[int, ...]]], max_shard
 
 
 def _nbytes(dtype: torch.dtype, shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n * torch.empty((), dtype=dtype).element_size()
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
 class ShardedWriter:
@@ -285,12 +283,6 @@ class AtomicFolder:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def copy_files(src: Path, dst: Path, names: Iterable[str]) -> List[str]:

@@ -8,6 +8,7 @@ run_merge(...) executes that plan and streams the result into an output folder.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .checkpoint import (TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter,
-                         copy_files, dtype_from_name, write_json_atomic)
+                         copy_files, dtype_from_name)
 from .hub import resolve_model
 from .merge import tensor_generator
 from .merge.methods import MergeMethod
@@ -75,11 +76,10 @@ def _check_configs(ckpts: Dict[str, Checkpoint], same_depth: bool) -> None:
     first = ckpts[refs[0]].config
     for r in refs[1:]:
         other = ckpts[r].config
-        for key in ("model_type",):
-            if first.get(key) != other.get(key):
-                raise MergeError(f"models {refs[0]} and {r} have different architectures "
-                                 f"({key} {first.get(key)!r} vs {other.get(key)!r}); a parameter-space "
-                                 "merge needs models fine-tuned from one base")
+        if first.get("model_type") != other.get("model_type"):
+            raise MergeError(f"models {refs[0]} and {r} have different architectures (model_type "
+                             f"{first.get('model_type')!r} vs {other.get('model_type')!r}); a "
+                             "parameter-space merge needs models fine-tuned from one base")
         a, b = text_config(first), text_config(other)
         keys = SHAPE_KEYS + (("num_hidden_layers",) if same_depth else ())
         for key in keys:
@@ -297,7 +297,7 @@ def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
         except BaseException:
             writer.abort()
             raise
-        write_json_atomic(tmp / "config.json", out_cfg)
+        (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2, ensure_ascii=False) + "\n")
         copy_files(tok_path, tmp, TOKENIZER_FILES)
         (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
     secs = time.perf_counter() - start

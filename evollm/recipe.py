@@ -34,7 +34,7 @@ import yaml
 
 from .checkpoint import dtype_from_name
 from .merge import get_method
-from .merge.methods import REQUIRED, MergeMethod
+from .merge.methods import REQUIRED, MergeMethod, Param
 
 
 class RecipeError(ValueError):
@@ -163,10 +163,7 @@ def parse_recipe(data: Any, origin: str = "<recipe>") -> Recipe:
                 known = ", ".join(q.name for q in method.params)
                 raise err(f"{key}.{name}", f"unknown parameter for {method.name} (known: {known})")
             for v in _setting_values(setting, f"{key}.{name}", err):
-                try:
-                    p.validate(_num(v), f"{origin}: {key}.{name}")
-                except ValueError as e:
-                    raise RecipeError(str(e)) from None
+                _checked(p, _num(v), f"{origin}: {key}.{name}")
         return dict(value)
 
     def source(d, key, sliced: bool) -> Source:
@@ -302,6 +299,14 @@ def evaluate_setting(setting, tensor_name: str, t: float):
     return None
 
 
+def _checked(p: Param, value, where: str):
+    """``p.validate`` with its error raised as a RecipeError."""
+    try:
+        return p.validate(value, where)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
 def _num(v):
     return float(v) if _is_num_str(v) else v
 
@@ -313,10 +318,7 @@ def resolve(method: MergeMethod, name: str, scopes, tensor_name: str, t: float, 
         if scope and name in scope:
             v = evaluate_setting(scope[name], tensor_name, t)
             if v is not None:
-                try:
-                    return p.validate(v, where)
-                except ValueError as e:
-                    raise RecipeError(str(e)) from None
+                return _checked(p, v, where)
     if p.default is REQUIRED:
         raise RecipeError(f"missing required parameter {name!r} for {where} "
                           f"(set it under the model's parameters or the global parameters)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from evollm import __version__
@@ -34,16 +35,9 @@ def cmd_inspect(args) -> int:
     print(f"{args.model}: {ck.config.get('architectures', ['?'])[0]}, decoder layers {prefix}.* x {n_layers}")
     print(f"{'part':<16}{'tensors':>9}{'parameters':>14}")
     for part, names in split_parts(ck.names()).items():
-        numel = sum(_numel(ck.shape(n)) for n in names)
+        numel = sum(math.prod(ck.shape(n)) for n in names)
         print(f"{part:<16}{len(names):>9}{numel:>14,}")
     return 0
-
-
-def _numel(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def main(argv=None) -> int:

@@ -235,3 +235,10 @@ def test_kth_smallest_is_exact_on_large_tensors(kind):
          "skewed": torch.randn(n, generator=g).exp() ** 4}[kind]
     for j in (1, 2, n // 3, n // 2, n - 5, n):
         assert sp.kth_smallest(w, j) == torch.kthvalue(w, j).values
+
+
+def test_della_single_column_rows_use_the_lowest_probability():
+    col = torch.ones(4000, 1)
+    kept = sp.della_magprune(col, 0.5, 0.2, torch.Generator().manual_seed(0), rescale=None)
+    assert kept.shape == col.shape
+    assert abs((kept != 0).float().mean().item() - 0.3) < 0.03     # density - epsilon

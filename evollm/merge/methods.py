@@ -15,7 +15,7 @@ means the same thing in both tools.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
@@ -66,9 +66,7 @@ class MergeMethod:
     base: str = "ignored"          # 'required' or 'ignored' (then a base is an ordinary input)
     min_inputs: int = 1            # counting the base, as mergekit does
     max_inputs: Optional[int] = None
-    random: bool = False           # uses rng(i)
     layer_slices: bool = False     # output built from layer slices (passthrough)
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> Optional[Param]:
         return next((p for p in self.params if p.name == name), None)
@@ -246,8 +244,7 @@ def _gta(name, summary, *, sparsify, consensus, normalize, rescale, extra=()):
         return task_vector_merge(tensors, base, p, inputs, rng, sparsify=sparsify, consensus=consensus)
 
     fn.__name__ = name
-    return register(MergeMethod(name, fn, params, summary, base="required",
-                                random=sparsify in ("random", "della")))
+    return register(MergeMethod(name, fn, params, summary, base="required"))
 
 
 register(MergeMethod(

@@ -164,7 +164,7 @@ def della_magprune(t: torch.Tensor, density: float, epsilon: float, generator: t
     order = torch.argsort(x.abs(), dim=1, stable=True)
     # keep probability of each rank r = 0..n-1: (density - eps) + r / (n - 1) * 2 eps (a row
     # of one column has no spread: density - eps), scattered to where each rank sits
-    rank_norm = torch.arange(n, device=x.device, dtype=work) / (n - 1) if n > 1 else torch.zeros(1, dtype=work)
+    rank_norm = torch.arange(n, device=x.device, dtype=work) / (n - 1) if n > 1 else torch.zeros(1, dtype=work, device=x.device)
     by_rank = (density - epsilon) + rank_norm * (2 * epsilon)
     probs = torch.empty(x.shape, dtype=work, device=x.device).scatter_(1, order, by_rank.expand_as(order))
     mask = torch.rand(probs.shape, generator=generator, device=x.device) < probs
