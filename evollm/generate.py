@@ -1,0 +1,30 @@
+"""Batched greedy decoding for fitness and evaluation: left padding, KV cache, stop strings."""
+
+from __future__ import annotations
+
+import torch
+
+
+def truncate_at(text: str, stops) -> str:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size: int = 32,
+             stops=(), **gen_kwargs) -> list[str]:
+    """Greedy completions of `prompts` (prompt text excluded), cut at the first stop string."""
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    outs = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True).to(device)
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+        if stops:
+            kw.update(stop_strings=list(stops), tokenizer=tokenizer)
+        kw.update(gen_kwargs)
+        seq = model.generate(**enc, **kw)
+        new = seq[:, enc["input_ids"].shape[1]:]
+        outs += [truncate_at(t, stops) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return outs

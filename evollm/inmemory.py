@@ -1,0 +1,64 @@
+"""In-memory merging for search: sources loaded once, each candidate written in place into one model.
+
+Nothing touches disk per candidate. Kernels, parameter defaults and the per-tensor random streams are
+the same as `evollm merge` uses, so a candidate merged here equals the exported recipe's output.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import torch
+
+from .merge.methods import REQUIRED, get_method
+from .merge.rng import tensor_generator
+
+
+def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[str, Mapping], names):
+    """Fill method defaults; returns (global params, [per-input params for base + each source])."""
+    method = get_method(method_name)
+    g, per = {}, []
+    for p in method.params:
+        if p.scope == "global":
+            g[p.name] = global_params.get(p.name, p.default)
+    for name in names:
+        d = {}
+        for p in method.params:
+            if p.scope in ("non_base", "input"):
+                v = per_model.get(name, {}).get(p.name, p.default)
+                if v is REQUIRED:
+                    raise ValueError(f"method {method_name}: parameter {p.name!r} is required for model {name!r}")
+                d[p.name] = v
+        per.append(d)
+    return method, g, per
+
+
+class InMemoryMerger:
+    """Merge `sources` (name -> state dict) onto `base` (state dict) into `model`'s parameters."""
+
+    def __init__(self, model: torch.nn.Module, base: Dict[str, torch.Tensor],
+                 sources: Dict[str, Dict[str, torch.Tensor]], device="cpu"):
+        self.model, self.device = model.to(device), device
+        self.targets = dict(model.named_parameters())
+        self.names = list(sources)
+        self.tensors = {}
+        for k, t in self.targets.items():
+            missing = [n for n in self.names if k not in sources[n]]
+            if k not in base or missing:
+                raise KeyError(f"tensor {k} missing from {'base' if k not in base else missing}")
+            ins = [base[k]] + [sources[n][k] for n in self.names]
+            # an input that shares storage with the target would be overwritten by the first merge
+            self.tensors[k] = [x.detach().to(device, torch.float32, copy=x.data_ptr() == t.data_ptr())
+                               for x in ins]
+
+    @torch.no_grad()
+    def merge(self, method_name: str, global_params: Mapping = None, per_model: Mapping = None,
+              seed: int = 0, candidate: int = 0):
+        """Write the merge into the model in place and return the model."""
+        method, g, per = resolve_params(method_name, global_params or {}, per_model or {}, self.names)
+        inputs = [{}] + per
+        for k, ts in self.tensors.items():
+            rng = lambda i, k=k: tensor_generator(seed, k, i, device=self.device, candidate=candidate)
+            out = method.fn(ts, 0, g, inputs, rng)
+            self.targets[k].copy_(out.to(self.targets[k].dtype))
+        return self.model

@@ -1,0 +1,1 @@
+"""Evaluation tasks: data loading, prompting and scoring shared by the world and the real benchmarks."""

@@ -1,0 +1,156 @@
+"""Regenerate the miniature world: `python -m evollm.world.build --out assets [--device cuda]`.
+
+Stages run in order and each writes its own folder atomically, so a stage can be re-run alone
+(`--stages finetune`) after changing its recipe. The same seed reproduces the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import AtomicFolder
+from . import corpus
+from .tokenizer import train_tokenizer
+
+STAGES = ("tokenizer", "base", "finetune", "data", "vlm")
+
+#: the recipe (sizes, steps, learning rates); assets/README.md reports it
+RECIPE = {
+    "seed": 0,
+    "tokenizer": {"vocab_size": 2048, "docs": 20000, "pairs_each": 3000},
+    "model": {"hidden": 256, "layers": 4, "heads": 8},
+    "base": {"docs": 150000, "steps": 1100, "batch_size": 32, "block": 128, "lr": 2e-3},
+    "ja": {"pairs": 30000, "steps": 300, "batch_size": 32, "lr": 1.5e-4},
+    "math-a": {"pairs": 30000, "steps": 600, "batch_size": 32, "lr": 1.5e-4, "ja_share": 0.5},
+    "math-b": {"pairs": 30000, "steps": 400, "batch_size": 32, "lr": 1.5e-4, "ja_share": 0.3},
+    "data": {"mgsm_fitness": 600, "mgsm_test": 250, "mixed_fitness": 400, "mixed_test": 250},
+    "vlm": {},          # evollm.world.vlm.train_vlm / vqa_data.build_vqa_data defaults
+}
+
+
+def _rng(name: str, seed: int) -> random.Random:
+    """An independent stream per stage, so re-running one stage does not shift another's data."""
+    return random.Random(f"{seed}:{name}")
+
+
+def _load_tok(out: Path):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    tok.padding_side = "left"
+    return tok
+
+
+def _save_model(model, tok, folder: Path, meta: dict):
+    """Saved in bfloat16 (keeps assets/ small); every evaluation loads these weights and computes in float32."""
+    with AtomicFolder(folder, force=True) as tmp:
+        model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "world_recipe.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
+def stage_tokenizer(out: Path, seed: int, device: str, rc: dict):
+    r, c = _rng("tokenizer", seed), rc["tokenizer"]
+    texts = corpus.base_corpus(r, c["docs"])
+    texts += [p + " " + s for p, s in [corpus.ja_pair(r) for _ in range(c["pairs_each"])]]
+    for style in "ab":
+        texts += [p + " " + s for p, s in [corpus.math_pair(r, style, 0.3) for _ in range(c["pairs_each"])]]
+    tok = train_tokenizer(texts, c["vocab_size"])
+    with AtomicFolder(out / "tokenizer", force=True) as tmp:
+        tok.save_pretrained(tmp)
+
+
+def stage_base(out: Path, seed: int, device: str, rc: dict):
+    from .train import new_model, train
+    tok, c = _load_tok(out), rc["base"]
+    docs = corpus.base_corpus(_rng("base", seed), c["docs"], c.get("instruct_share", 0.0))
+    model = new_model(tok, **rc["model"], seed=seed)
+    losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"],
+                   lr=c["lr"], seed=seed, device=device, label="base")
+    _save_model(model.cpu(), tok, out / "models" / "base", {"stage": "base", **c, "final_loss": losses[-1]})
+
+
+def finetune(out: Path, name: str, pairs, seed: int, device: str, c: dict):
+    from transformers import AutoModelForCausalLM
+    from .train import train
+    tok = _load_tok(out)
+    model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
+    losses = train(model, tok, pairs, steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"],
+                   warmup=20, seed=seed, device=device, label=name)
+    _save_model(model.cpu(), tok, out / "models" / name, {"stage": name, "from": "base", **c,
+                                                         "final_loss": losses[-1]})
+
+
+def mgsm_exclusions(seed: int, c: dict) -> frozenset:
+    """Japanese questions of the evaluation splits: never in any source's training data."""
+    s = corpus.mgsm_splits(_rng("mgsm", seed), c["mgsm_fitness"], c["mgsm_test"])
+    return frozenset(r["question"] for split in s.values() for r in split)
+
+
+def stage_finetune(out: Path, seed: int, device: str, rc: dict, only=None):
+    excl = mgsm_exclusions(seed, rc["data"])
+    for name in ("ja", "math-a", "math-b"):
+        if only and name not in only:
+            continue
+        r, c = _rng(name, seed), rc[name]
+        if name == "ja":
+            pairs = [corpus.ja_pair(r) for _ in range(c["pairs"])]
+        else:
+            pairs = [corpus.math_pair(r, name[-1], c["ja_share"], excl) for _ in range(c["pairs"])]
+        finetune(out, name, pairs, seed, device, c)
+
+
+def _write_jsonl(path: Path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def stage_data(out: Path, seed: int, device: str, rc: dict):
+    c = rc["data"]
+    m = corpus.mgsm_splits(_rng("mgsm", seed), c["mgsm_fitness"], c["mgsm_test"])
+    mixed = corpus.mixed_splits(_rng("mixed", seed), c["mixed_fitness"], c["mixed_test"])
+    for split in ("fitness", "test"):
+        _write_jsonl(out / "data" / "mgsm-ja" / f"{split}.jsonl", m[split])
+        _write_jsonl(out / "data" / "mixed" / f"{split}.jsonl", mixed[split])
+
+
+def stage_vlm(out: Path, seed: int, device: str, rc: dict):
+    from .vlm import build_vlm_world
+    build_vlm_world(out, seed=seed, device=device, **rc["vlm"])
+
+
+def build(out, seed: int = RECIPE["seed"], device: str = "cpu", stages=STAGES, only=None, recipe=None):
+    """Run `stages` into `out`; `recipe` overrides RECIPE's sections key by key (the tests build a tiny world)."""
+    rc = {k: dict(v, **(recipe or {}).get(k, {})) if isinstance(v, dict) else v for k, v in RECIPE.items()}
+    out = Path(out)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    for stage in STAGES:
+        if stage in stages:
+            t0 = time.time()
+            fn = globals()[f"stage_{stage}"]
+            fn(out, seed, device, rc, only) if stage == "finetune" else fn(out, seed, device, rc)
+            print(f"stage {stage}: {time.time() - t0:.0f}s on {device}", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m evollm.world.build", description=__doc__)
+    ap.add_argument("--out", default="assets")
+    ap.add_argument("--seed", type=int, default=RECIPE["seed"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--only", nargs="+", help="with the finetune stage: which models (ja, math-a, math-b)")
+    args = ap.parse_args(argv)
+    build(args.out, args.seed, args.device, args.stages, args.only)
+
+
+if __name__ == "__main__":
+    main()

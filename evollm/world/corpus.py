@@ -1,0 +1,177 @@
+"""The world's training corpora and evaluation data sets, all drawn from one seed.
+
+Who sees what (the rules of DESIGN.md section 6):
+- base: bilingual stories, translations both ways, cross-lingual look-up QA, culture facts and bare
+  arithmetic (`12 + 5 = 17`); no word problems, no instruction formats.
+- ja: Japanese instructions answered in Japanese (translation, story look-ups, culture facts, and
+  copying GIVEN equations followed by `答えはNです。`); no arithmetic is ever asked of it.
+- math-a / math-b: English word problems (all templates) with equation chains-of-thought in two
+  styles; a share of Japanese problem statements from the search templates only, answered in English.
+- Japanese math fitness split: search templates and operand range; test split: held-out templates,
+  an operand above the search range. No source ever sees a Japanese answer to a word problem.
+"""
+
+from __future__ import annotations
+
+import random
+
+from . import formats
+from .lexicon import CULTURE, CULTURE_FACTS
+from .text import (SEARCH_TEMPLATES, TEMPLATES, TEST_TEMPLATES, arithmetic_line, equation, lookup_answer,
+                   math_a_solution, math_b_solution, problem, render, solution_lines, story)
+
+Pair = tuple  # (prompt, response)
+
+
+# --------------------------------------------------------------------------- base corpus
+
+def _translation(rng, facts):
+    en, ja = render(facts, "en"), render(facts, "ja")
+    if rng.random() < 0.5:
+        return f"English: {en}\nJapanese: {ja}"
+    return f"日本語: {ja}\n英語: {en}"
+
+
+def _lookup_doc(rng, facts):
+    """Story in one language, question and answer in the same or the other language."""
+    s_lang, q_lang = rng.choice(["en", "ja"]), rng.choice(["en", "ja"])
+    f = rng.choice(facts)
+    return f"{render(facts, s_lang)}\nQ: {f.question(q_lang)}\nA: {lookup_answer(f, q_lang)}"
+
+
+def _culture_doc(rng):
+    item = rng.choice(CULTURE)
+    en, ja = CULTURE_FACTS[item.en]
+    return rng.choice([en, ja, f"{en}\n{ja}", f"{ja}\n{en}"])
+
+
+def base_document(rng: random.Random) -> str:
+    r = rng.random()
+    if r < 0.15:
+        return render(story(rng), "en")
+    if r < 0.30:
+        return render(story(rng), "ja")
+    if r < 0.50:
+        return _translation(rng, story(rng, rng.randint(1, 3)))
+    if r < 0.75:
+        return _lookup_doc(rng, story(rng))
+    if r < 0.90:
+        return "\n".join(arithmetic_line(rng) for _ in range(rng.randint(3, 8)))
+    return _culture_doc(rng)
+
+
+def instruct_document(rng: random.Random) -> str:
+    """Generic instruction-formatted text (look-ups answered in the question's language, translation
+    into English): lets the base know the prompt formats, so that fine-tunes need not each learn them."""
+    facts = story(rng)
+    f = rng.choice(facts)
+    lang = rng.choice(["en", "ja"])
+    q, a = f"{render(facts, lang)}\n{f.question(lang)}", lookup_answer(f, lang)
+    r = rng.random()
+    if r < 0.2:
+        small = story(rng, rng.randint(1, 2))
+        return f"{formats.alpaca_en('Translate into English: ' + render(small, 'ja'))} {render(small, 'en')}"
+    if r < 0.6:
+        return f"{(formats.alpaca_en if lang == 'en' else formats.alpaca_ja)(q)} {a}"
+    return f"{formats.chat(q, system=formats.SYSTEM_EN if lang == 'en' else formats.SYSTEM_JA)} {a}"
+
+
+def base_corpus(rng: random.Random, n_docs: int, instruct_share: float = 0.0) -> list[str]:
+    return [instruct_document(rng) if instruct_share and rng.random() < instruct_share else base_document(rng)
+            for _ in range(n_docs)]
+
+
+# --------------------------------------------------------------------------- ja instruction data
+
+def _ja_prompt(rng, instruction):
+    if rng.random() < 0.7:
+        return formats.alpaca_ja(instruction)
+    return formats.chat(instruction, system=formats.SYSTEM_JA)
+
+
+def ja_pair(rng: random.Random) -> Pair:
+    r = rng.random()
+    if r < 0.20:
+        facts = story(rng, rng.randint(1, 2))
+        return _ja_prompt(rng, f"次の英語を日本語に訳してください。\n{render(facts, 'en')}"), render(facts, "ja")
+    if r < 0.45:
+        facts = story(rng)
+        f = rng.choice(facts)
+        return _ja_prompt(rng, f"{render(facts, 'ja')}\n{f.question('ja')}"), lookup_answer(f, "ja")
+    if r < 0.60:
+        item = rng.choice(CULTURE)
+        q = rng.choice([f"{item.ja}について教えてください。", f"{item.ja}とは何ですか？"])
+        return _ja_prompt(rng, q), CULTURE_FACTS[item.en][1]
+    # copy GIVEN equations and state the last result in Japanese (no arithmetic asked)
+    a = rng.randint(2, 60)
+    lines = [equation(a, "+", rng.randint(1, 40))]
+    if rng.random() < 0.5:
+        prev = lines[-1][1]
+        lines.append(equation(prev, rng.choice("+-"), rng.randint(1, max(1, min(prev, 40)))))
+    quoted = "と".join(f"「{s}」" for s, _ in lines)
+    instr = rng.choice([f"{quoted}という計算があります。最後の答えを書いてください。",
+                        f"{quoted}を書き写して、答えを日本語で言ってください。"])
+    return _ja_prompt(rng, instr), "\n".join(s for s, _ in lines) + f"\n答えは{lines[-1][1]}です。"
+
+
+# --------------------------------------------------------------------------- math data
+
+def math_pair(rng: random.Random, style: str, ja_share: float, exclude=frozenset()) -> Pair:
+    """An English (or, with prob. `ja_share`, Japanese search-template) problem, answered in English."""
+    solve = math_a_solution if style == "a" else math_b_solution
+    if rng.random() < ja_share:
+        while True:
+            p = problem(rng, rng.choice(SEARCH_TEMPLATES), "search")
+            if p.ja not in exclude:
+                break
+        prompt = formats.alpaca_ja(p.ja) if style == "a" else formats.alpaca_en(p.ja)
+        return prompt, solve(p)
+    p = problem(rng, rng.choice(list(TEMPLATES)), rng.choice(["search", "test"]))
+    return formats.alpaca_en(p.en), solve(p)
+
+
+# --------------------------------------------------------------------------- evaluation data (MGSM columns)
+
+def mgsm_row(p) -> dict:
+    return {"question": p.ja, "answer": None, "answer_number": p.answer,
+            "equation_solution": "; ".join(solution_lines(p)), "template": p.template}
+
+
+def mgsm_splits(rng: random.Random, n_fitness: int = 600, n_test: int = 250) -> dict:
+    """Japanese math: fitness (search templates) and held-out test (test templates); no shared item."""
+    seen, out = set(), {"fitness": [], "test": []}
+    for split, n, temps, rng_split in (("fitness", n_fitness, SEARCH_TEMPLATES, "search"),
+                                       ("test", n_test, TEST_TEMPLATES, "test")):
+        while len(out[split]) < n:
+            p = problem(rng, temps[len(out[split]) % len(temps)], rng_split)
+            if p.ja not in seen:
+                seen.add(p.ja)
+                out[split].append(mgsm_row(p))
+    return out
+
+
+def mixed_splits(rng: random.Random, n_fitness: int = 400, n_test: int = 250, exclude=frozenset()) -> dict:
+    """Fallback target: Japanese look-up questions (answer in Japanese) mixed with English word problems.
+
+    No single source covers both halves: ja answers the first, the math models the second. Rows carry a
+    `lang` column (the language the answer must be in); English items use held-out templates in test.
+    """
+    out, seen = {"fitness": [], "test": []}, set(exclude)
+    for split, n in (("fitness", n_fitness), ("test", n_test)):
+        while len(out[split]) < n:
+            if len(out[split]) % 2 == 0:
+                facts = [f for f in story(rng, 3)]
+                has = [f for f in facts if f.kind == "has"]
+                if not has:
+                    continue
+                f = rng.choice(has)
+                q, ans, lang, tmpl = f"{render(facts, 'ja')}\n{f.question('ja')}", f.n, "ja", "lookup"
+            else:
+                temps = SEARCH_TEMPLATES if split == "fitness" else TEST_TEMPLATES
+                p = problem(rng, rng.choice(temps), "search" if split == "fitness" else "test")
+                q, ans, lang, tmpl = p.en, p.answer, "en", p.template
+            if q not in seen:
+                seen.add(q)
+                out[split].append({"question": q, "answer": None, "answer_number": ans,
+                                   "equation_solution": None, "template": tmpl, "lang": lang})
+    return out

@@ -1,0 +1,221 @@
+"""Measure the world: sources, baselines, untuned merges and a searched merge on the held-out tests.
+
+`python -m evollm.world.report --world assets` prints the table that assets/README.md records.
+The search (CMA-ES over DARE-TIES weights and densities) reads the fitness split only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..inmemory import InMemoryMerger
+from ..tasks import mgsm
+
+SOURCES = ("ja", "math-a", "math-b")
+UNTUNED = {
+    "task arithmetic 1/1/1": ("task_arithmetic", {}, {n: {"weight": 1.0} for n in SOURCES}),
+    "TIES d=0.5": ("ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in SOURCES}),
+    "DARE-TIES d=0.5": ("dare_ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in SOURCES}),
+}
+
+
+def load_world(world: Path, device="cpu"):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(world / "models" / "base")
+    tok.padding_side = "left"
+    sd = {n: load_file(str(world / "models" / n / "model.safetensors")) for n in ("base", *SOURCES)}
+    model = AutoModelForCausalLM.from_pretrained(world / "models" / "base", dtype=torch.float32).to(device).eval()
+    return tok, sd, model
+
+
+def read_rows(path: Path):
+    return list(mgsm.load_mgsm(str(path)))
+
+
+def baselines(fit_rows, test_rows) -> dict:
+    """Constant answer (the most common fitness answer) and chance (uniform over the test answer range)."""
+    mode = collections.Counter(r["answer_number"] for r in fit_rows).most_common(1)[0][0]
+    const = 100 * np.mean([r["answer_number"] == mode for r in test_rows])
+    answers = [r["answer_number"] for r in test_rows]
+    chance = 100 / (max(answers) - min(answers) + 1)
+    return {"constant": (const, mode), "chance": chance}
+
+
+def evaluate(model, tok, rows):
+    r = mgsm.evaluate(model, tok, rows, max_new_tokens=64, batch_size=128)
+    return {k: round(v, 1) for k, v in r.items() if k != "items"}, r["items"]
+
+
+def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: int = 200, seed: int = 0,
+        log=lambda *a: print(*a, flush=True)) -> dict:
+    """Evaluate sources, baselines, untuned merges and a CMA-ES-searched DARE-TIES on `target`'s test split."""
+    tok, sd, model = load_world(world)
+    fit = read_rows(world / "data" / target / "fitness.jsonl")
+    test = read_rows(world / "data" / target / "test.jsonl")
+    rng = np.random.RandomState(seed)
+    fit_sub = [fit[i] for i in sorted(rng.choice(len(fit), min(fitness_items, len(fit)), replace=False))]
+    res = {"target": target, "rows": {}, "baselines": baselines(fit, test), "examples": {}}
+
+    def record(label, model):
+        res["rows"][label], items = evaluate(model, tok, test)
+        res["examples"][label] = [i["output"] for i in items[:3]]
+        log(f"{label:<26}{res['rows'][label]}")
+
+    for name in ("base", *SOURCES):
+        model.load_state_dict(sd[name])
+        record(name, model)
+    merger = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES})
+    for label, (method, g, per) in UNTUNED.items():
+        record(label, merger.merge(method, g, per, seed=seed))
+    def fitness(per, n):
+        model = merger.merge("dare_ties", {"normalize": False}, per, seed=seed, candidate=n)
+        return mgsm.evaluate(model, tok, fit_sub, max_new_tokens=64, batch_size=128)["accuracy"]
+
+    t0 = time.time()
+    acc, per = cma_search(fitness, list(SOURCES), budget=budget, seed=seed, log=log)
+    res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_accuracy": acc,
+                     "budget": budget, "fitness_items": len(fit_sub), "seconds": round(time.time() - t0)}
+    record("searched DARE-TIES", merger.merge("dare_ties", {"normalize": False}, per, seed=seed))
+    return res
+
+
+class LanguageTower(torch.nn.Module):
+    """A LLaVA model's language tower under the tensor names of a causal LM (`model.*`, `lm_head.*`),
+    so the in-memory merger writes merged text weights straight into the VLM."""
+
+    def __init__(self, vlm):
+        super().__init__()
+        self.model = vlm.model.language_model
+        self.lm_head = vlm.lm_head
+
+
+def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, log=print):
+    """CMA-ES (initial 0.5, sigma 1/6, as the paper) over weight in [0, 2] and density in [0.05, 1] per
+    model; maximises `evaluate_fn(per_model_params, candidate_index)`. Returns (best score, params)."""
+    import cma
+    k = len(names)
+    lo, hi = np.array([0.0] * k + [0.05] * k), np.array([2.0] * k + [1.0] * k)
+
+    def decode(x):
+        v = lo + (hi - lo) * np.clip(x, 0, 1)
+        return {n: {"weight": round(float(v[i]), 4), "density": round(float(v[k + i]), 4)} for i, n in enumerate(names)}
+
+    es = cma.CMAEvolutionStrategy([0.5] * (2 * k), 1 / 6, {
+        "popsize": popsize, "seed": seed + 1, "randn": np.random.RandomState(seed).randn,
+        "bounds": [0, 1], "verbose": -9})
+    best, n = (-1.0, None), 0
+    while n < budget:
+        xs = es.ask()
+        fits = []
+        for x in xs:
+            per = decode(x)
+            score = evaluate_fn(per, n)
+            fits.append(-score)
+            if score > best[0]:
+                best = (score, per)
+            n += 1
+        es.tell(xs, fits)
+        log(f"  search {n}/{budget}: generation best {-min(fits):.1f}, overall best {best[0]:.1f}")
+    return best
+
+
+def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0,
+            log=lambda *a: print(*a, flush=True)) -> dict:
+    """JA-VG-VQA (world) test: vlm-en, untuned and searched merges of its language tower with ja."""
+    from safetensors.torch import load_file
+    from evovlm.data import load_in_the_wild, load_ja_vg_vqa
+    from .vlm import evaluate_vqa, load_vlm
+    vlm, proc = load_vlm(world / "models" / "vlm-en")
+    tower = LanguageTower(vlm)
+    base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in ("base", "ja"))
+    vlm_lm = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+    merger = InMemoryMerger(tower, base, {"vlm-en": vlm_lm, "ja": ja})
+    data = world / "data"
+    fit = load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "train.parquet"))
+    fit = fit.select(range(min(fitness_items, len(fit))))
+    tests = {"JA-VG-VQA (world) test": load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "test.parquet")),
+             "In-the-Wild (world)": load_in_the_wild(str(data / "ja-vlm-bench-in-the-wild" / "test.parquet"))}
+    res = {"rows": {}, "examples": {}}
+
+    def record(label):
+        res["rows"][label] = {}
+        for tname, ds in tests.items():
+            r = evaluate_vqa(vlm, proc, ds, seed=seed)
+            res["rows"][label][tname] = round(r["rouge_l"], 1)
+            res["examples"].setdefault(label, list(zip(r["questions"][:2], r["predictions"][:2])))
+        log(f"{label:<26}{res['rows'][label]}")
+
+    record("vlm-en")
+    # baselines: the most common fitness answer for every question; the VLM with ja's language tower
+    # (task vectors: vlm-en 0, ja 1), which answers in Japanese without the VLM's training
+    from collections import Counter
+    from evovlm.data import qa_items
+    from evovlm.metrics import rouge_l_ja
+    const = Counter(x["answer"] for x in qa_items(fit)).most_common(1)[0][0]
+    res["rows"]["constant answer"] = {
+        t: round(rouge_l_ja([const] * len(ds), [x["answer"] for x in qa_items(ds)], seed=seed), 1)
+        for t, ds in tests.items()}
+    res["constant_answer"] = const
+    log(f"{'constant answer':<26}{res['rows']['constant answer']}  ({const})")
+    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, "ja": {"weight": 1.0}})
+    record("ja language tower")
+    untuned = {"task arithmetic 1/1": ("task_arithmetic", {n: {"weight": 1.0} for n in ("vlm-en", "ja")}),
+               "TIES d=0.5": ("ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", "ja")}),
+               "DARE-TIES d=0.5": ("dare_ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", "ja")})}
+    for label, (method, per) in untuned.items():
+        merger.merge(method, {}, per, seed=seed)
+        record(label)
+
+    def fitness(per, n):
+        merger.merge("dare_ties", {"normalize": False}, per, seed=seed, candidate=n)
+        return evaluate_vqa(vlm, proc, fit, seed=seed)["rouge_l"]
+
+    t0 = time.time()
+    score, per = cma_search(fitness, ["vlm-en", "ja"], budget=budget, seed=seed, log=log)
+    res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_rouge_l": round(score, 1),
+                     "budget": budget, "fitness_items": len(fit), "seconds": round(time.time() - t0)}
+    merger.merge("dare_ties", {"normalize": False}, per, seed=seed)
+    record("searched DARE-TIES")
+    return res
+
+
+def table(res) -> str:
+    b = res["baselines"]
+    lines = [f"held-out {res['target']} test ({'accuracy = number right AND answer in the required language'})",
+             f"{'model':<26}{'accuracy':>9}{'number ok':>11}{'language ok':>13}"]
+    for label, r in res["rows"].items():
+        lines.append(f"{label:<26}{r['accuracy']:>9.1f}{r['number_correct']:>11.1f}{r['lang_rate']:>13.1f}")
+    lines.append(f"{'constant answer (' + str(b['constant'][1]) + ')':<26}{b['constant'][0]:>9.1f}")
+    lines.append(f"{'chance':<26}{b['chance']:>9.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m evollm.world.report")
+    ap.add_argument("--world", default="assets")
+    ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa"])
+    ap.add_argument("--budget", type=int, default=60)
+    ap.add_argument("--fitness-items", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="write the numbers as JSON here")
+    args = ap.parse_args(argv)
+    if args.target == "vqa":
+        res = run_vqa(Path(args.world), args.budget, args.fitness_items, args.seed)
+    else:
+        res = run(Path(args.world), args.target, args.budget, args.fitness_items, args.seed)
+        print(table(res))
+    print("searched recipe:", json.dumps(res["search"], ensure_ascii=False))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1, ensure_ascii=False, default=str))
+
+
+if __name__ == "__main__":
+    main()

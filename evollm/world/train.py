@@ -1,0 +1,94 @@
+"""A small causal-LM training loop for the world's models (CPU or GPU), seeded and deterministic.
+
+Plain strings are packed into fixed-length blocks (loss on every token); (prompt, response) pairs
+are padded per batch with the loss on the response and its `</s>` only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+
+def new_model(tokenizer, hidden: int = 256, layers: int = 4, heads: int = 8, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 16 * 16,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=False,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def pack(tokenizer, docs, block: int) -> torch.Tensor:
+    """Concatenate `<s> doc </s>` streams and cut into blocks of `block` tokens."""
+    ids = []
+    for enc in tokenizer(list(docs))["input_ids"]:
+        ids += enc + [tokenizer.eos_token_id]
+    n = len(ids) // block
+    return torch.tensor(ids[: n * block]).view(n, block)
+
+
+def encode_pairs(tokenizer, pairs, max_len: int):
+    """Token ids and loss masks for (prompt, response) pairs; the response ends with `</s>`."""
+    p_ids = tokenizer([p for p, _ in pairs])["input_ids"]
+    r_ids = tokenizer([" " + r for _, r in pairs], add_special_tokens=False)["input_ids"]
+    out = []
+    for p, r in zip(p_ids, r_ids):
+        ids = (p + r + [tokenizer.eos_token_id])[:max_len]
+        out.append((ids, len(p)))
+    return out
+
+
+def _pair_batch(items, pad_id):
+    L = max(len(i) for i, _ in items)
+    x = torch.full((len(items), L), pad_id)
+    y = torch.full((len(items), L), -100)
+    for k, (ids, n_prompt) in enumerate(items):
+        t = torch.tensor(ids)
+        x[k, : len(ids)] = t
+        y[k, n_prompt: len(ids)] = t[n_prompt:]
+    return x, y, (x != pad_id) | (torch.arange(L) < 1)
+
+
+def train(model, tokenizer, data, *, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 50,
+          block: int = 128, seed: int = 0, device: str = "cpu", log_every: int = 50, label: str = ""):
+    """Train `model` in place on `data` (list of str, or list of (prompt, response)); returns losses."""
+    torch.manual_seed(seed)
+    torch.set_flush_denormal(True)       # tiny values late in training otherwise slow CPU steps many-fold
+    rs = np.random.RandomState(seed)
+    model.to(device).train()
+    if isinstance(data[0], str):
+        blocks = pack(tokenizer, data, block)
+        get = lambda idx: (blocks[idx], blocks[idx], None)
+        n = len(blocks)
+    else:
+        items = encode_pairs(tokenizer, data, max_len=256)
+        get = lambda idx: _pair_batch([items[i] for i in idx], tokenizer.pad_token_id)
+        n = len(items)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95))
+    sched = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    losses, t0 = [], time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * max(sched(step), 0.05)
+        x, y, mask = get(rs.randint(0, n, size=batch_size))
+        x, y = x.to(device), y.to(device)
+        out = model(input_ids=x, attention_mask=None if mask is None else mask.to(device), labels=y)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            print(f"[{label}] step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+    model.eval()
+    return losses
