@@ -15,7 +15,7 @@ from .merge.rng import tensor_generator
 
 
 def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[str, Mapping], names):
-    """Fill method defaults; returns (global params, [per-input params for base + each source])."""
+    """Fill method defaults; returns (method, global params, [per-model params in `names` order])."""
     method = get_method(method_name)
     g, per = {}, []
     for p in method.params:
@@ -46,7 +46,9 @@ class InMemoryMerger:
             missing = [n for n in self.names if k not in sources[n]]
             if k not in base or missing:
                 raise KeyError(f"tensor {k} missing from {'base' if k not in base else missing}")
-            ins = [base[k]] + [sources[n][k] for n in self.names]
+            # inputs in the order `evollm merge` uses for a recipe listing the sources then base_model
+            # (base last, as mergekit appends it): same positions, same random-mask streams
+            ins = [sources[n][k] for n in self.names] + [base[k]]
             # an input that shares storage with the target would be overwritten by the first merge
             self.tensors[k] = [x.detach().to(device, torch.float32, copy=x.data_ptr() == t.data_ptr())
                                for x in ins]
@@ -56,9 +58,10 @@ class InMemoryMerger:
               seed: int = 0, candidate: int = 0):
         """Write the merge into the model in place and return the model."""
         method, g, per = resolve_params(method_name, global_params or {}, per_model or {}, self.names)
-        inputs = [{}] + per
+        inputs = per + [{}]
+        base_idx = len(self.names)
         for k, ts in self.tensors.items():
             rng = lambda i, k=k: tensor_generator(seed, k, i, device=self.device, candidate=candidate)
-            out = method.fn(ts, 0, g, inputs, rng)
+            out = method.fn(ts, base_idx, g, inputs, rng)
             self.targets[k].copy_(out.to(self.targets[k].dtype))
         return self.model
