@@ -29,7 +29,3 @@ def lang_prob(text: str, lang: str = "ja") -> float:
         if label == f"__label__{lang}":
             return float(p)
     return 0.0
-
-
-def is_lang(text: str, lang: str = "ja", threshold: float = 0.5) -> bool:
-    return lang_prob(text, lang) > threshold

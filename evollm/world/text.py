@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .lexicon import CULTURE, CULTURE_FACTS, PEOPLE, PLACES, THINGS
+from .lexicon import CULTURE, PEOPLE, PLACES, THINGS
 
 # --------------------------------------------------------------------------- stories (lookup facts)
 
@@ -196,8 +196,3 @@ def math_b_solution(p: Problem) -> str:
     words = ["First", "Then", "Next"]
     body = " ".join(f"{words[min(i, 2)]}, {s}." for i, s in enumerate(lines))
     return f"{body} So the answer is {p.answer}."
-
-
-def culture_fact(rng: random.Random):
-    item = rng.choice(CULTURE)
-    return item, CULTURE_FACTS[item.en]
