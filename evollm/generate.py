@@ -15,10 +15,9 @@ def generate(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size
              stops=(), **gen_kwargs) -> list[str]:
     """Greedy completions of `prompts` (prompt text excluded), cut at the first stop string."""
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
     outs = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True).to(device)
+        enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True, padding_side="left").to(device)
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)
         if stops:

@@ -160,7 +160,7 @@ def mixed_splits(rng: random.Random, n_fitness: int = 400, n_test: int = 250, ex
     for split, n in (("fitness", n_fitness), ("test", n_test)):
         while len(out[split]) < n:
             if len(out[split]) % 2 == 0:
-                facts = [f for f in story(rng, 3)]
+                facts = story(rng, 3)
                 has = [f for f in facts if f.kind == "has"]
                 if not has:
                     continue

@@ -11,9 +11,17 @@ class Word:
     ja: str
     en_plural: str = ""
 
+    @property
+    def plural(self) -> str:
+        return self.en_plural or self.en + "s"
+
+    def en_count(self, n: int) -> str:
+        """'apples' / 'apple' for n."""
+        return self.en if n == 1 else self.plural
+
     def en_n(self, n: int) -> str:
         """'3 apples' / '1 apple'."""
-        return f"{n} {self.en if n == 1 else (self.en_plural or self.en + 's')}"
+        return f"{n} {self.en_count(n)}"
 
 
 def _w(en, ja, pl=""):

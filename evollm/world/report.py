@@ -19,11 +19,14 @@ from ..inmemory import InMemoryMerger
 from ..tasks import mgsm
 
 SOURCES = ("ja", "math-a", "math-b")
-UNTUNED = {
-    "task arithmetic 1/1/1": ("task_arithmetic", {}, {n: {"weight": 1.0} for n in SOURCES}),
-    "TIES d=0.5": ("ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in SOURCES}),
-    "DARE-TIES d=0.5": ("dare_ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in SOURCES}),
-}
+
+
+def untuned(names) -> dict:
+    """The untuned merges every table reports: label -> (method, per-model parameters)."""
+    ones = "/".join("1" for _ in names)
+    return {f"task arithmetic {ones}": ("task_arithmetic", {n: {"weight": 1.0} for n in names}),
+            "TIES d=0.5": ("ties", {n: {"weight": 1.0, "density": 0.5} for n in names}),
+            "DARE-TIES d=0.5": ("dare_ties", {n: {"weight": 1.0, "density": 0.5} for n in names})}
 
 
 def load_world(world: Path, device="cpu"):
@@ -73,8 +76,9 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
         model.load_state_dict(sd[name])
         record(name, model)
     merger = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES})
-    for label, (method, g, per) in UNTUNED.items():
-        record(label, merger.merge(method, g, per, seed=seed))
+    for label, (method, per) in untuned(SOURCES).items():
+        record(label, merger.merge(method, {}, per, seed=seed))
+
     def fitness(per, n):
         model = merger.merge("dare_ties", {"normalize": False}, per, seed=seed, candidate=n)
         return mgsm.evaluate(model, tok, fit_sub, max_new_tokens=64, batch_size=128)["accuracy"]
@@ -167,10 +171,7 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     log(f"{'constant answer':<26}{res['rows']['constant answer']}  ({const})")
     merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, "ja": {"weight": 1.0}})
     record("ja language tower")
-    untuned = {"task arithmetic 1/1": ("task_arithmetic", {n: {"weight": 1.0} for n in ("vlm-en", "ja")}),
-               "TIES d=0.5": ("ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", "ja")}),
-               "DARE-TIES d=0.5": ("dare_ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", "ja")})}
-    for label, (method, per) in untuned.items():
+    for label, (method, per) in untuned(("vlm-en", "ja")).items():
         merger.merge(method, {}, per, seed=seed)
         record(label)
 

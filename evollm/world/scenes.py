@@ -248,7 +248,7 @@ def np_en(kind: str, color: str = "", n: int = 1) -> str:
     if kind == "Mt. Fuji":
         return kind
     w = KIND[kind]
-    noun = w.en if n == 1 else (w.en_plural or w.en + "s")
+    noun = w.en_count(n)
     core = f"{color} {noun}" if color else noun
     return _article(core) if n == 1 else f"{n} {core}"
 
@@ -258,7 +258,7 @@ def the_en(kind: str, n: int = 1) -> str:
     if kind == "Mt. Fuji":
         return kind
     w = KIND[kind]
-    return "the " + (w.en if n == 1 else (w.en_plural or w.en + "s"))
+    return "the " + w.en_count(n)
 
 
 def _join_en(items: list) -> str:
@@ -285,7 +285,7 @@ def caption_en(scene: Scene, variant: int = 0) -> str:
 
 def _count_en(kind, n):
     w = KIND[kind]
-    return f"There {'is' if n == 1 else 'are'} {n} {w.en if n == 1 else (w.en_plural or w.en + 's')}."
+    return f"There {'is' if n == 1 else 'are'} {n} {w.en_count(n)}."
 
 
 def qa_en(scene: Scene) -> list:
@@ -305,7 +305,7 @@ def qa_en(scene: Scene) -> list:
             out.append(("color", f"What color {verb} {the_en(k, n)}?",
                         f"{the_en(k, n)[0].upper() + the_en(k, n)[1:]} {verb} {c}."))
         if k != "Mt. Fuji":
-            plural = KIND[k].en_plural or KIND[k].en + "s"
+            plural = KIND[k].plural
             out.append(("count", f"How many {plural} are there?", _count_en(k, n)))
         if n == 1:
             the = the_en(k)

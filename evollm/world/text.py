@@ -41,7 +41,7 @@ class Fact:
     def question(self, lang: str) -> str:
         p = self.person.en if lang == "en" else self.person.ja
         if self.kind == "has":
-            return (f"How many {self.obj.en_plural or self.obj.en + 's'} does {p} have?" if lang == "en"
+            return (f"How many {self.obj.plural} does {p} have?" if lang == "en"
                     else f"{p}は{self.obj.ja}を何個持っていますか？")
         if self.kind == "went":
             return f"Where did {p} go?" if lang == "en" else f"{p}はどこに行きましたか？"
@@ -101,10 +101,6 @@ class Problem:
     answer: int
 
 
-def _things(t):
-    return t.en_plural or t.en + "s"
-
-
 #: events that change what the problem's person holds: (sign, English, Japanese); {p} person, {q} other
 #: person, {t} thing, {n} number
 EVENTS = {
@@ -133,7 +129,7 @@ def _chain(events):
             kw = dict(p=p.en, q=q.en, t=t.en, n=x, place=place.en)
             en.append(e_en.format(**kw))
             ja.append(e_ja.format(**dict(kw, p=p.ja, q=q.ja, t=t.ja, place=place.ja)))
-        en.append(f"How many {_things(t)} does {p.en} have now?")
+        en.append(f"How many {t.plural} does {p.en} have now?")
         ja.append(f"{p.ja}は今{t.ja}を何個持っていますか？")
         return " ".join(en), "".join(ja), tuple(steps)
     return make
@@ -141,7 +137,7 @@ def _chain(events):
 
 def _t_together(r, n):
     p, q, t = *r.sample(PEOPLE, 2), r.choice(THINGS); a, b = n(), n()
-    return (f"{p.en} has {t.en_n(a)}. {q.en} has {t.en_n(b)}. How many {_things(t)} do they have together?",
+    return (f"{p.en} has {t.en_n(a)}. {q.en} has {t.en_n(b)}. How many {t.plural} do they have together?",
             f"{p.ja}は{t.ja}を{a}個持っています。{q.ja}は{t.ja}を{b}個持っています。二人は{t.ja}を合わせて何個持っていますか？",
             ((a, "+", b),))
 
@@ -149,7 +145,7 @@ def _t_together(r, n):
 def _t_more_than(r, n):
     p, q, t = *r.sample(PEOPLE, 2), r.choice(THINGS); a, b = n(), n()
     a, b = max(a, b), min(a, b)
-    return (f"{p.en} has {t.en_n(a)}. {q.en} has {t.en_n(b)}. How many more {_things(t)} does {p.en} have than {q.en}?",
+    return (f"{p.en} has {t.en_n(a)}. {q.en} has {t.en_n(b)}. How many more {t.plural} does {p.en} have than {q.en}?",
             f"{p.ja}は{t.ja}を{a}個持っています。{q.ja}は{t.ja}を{b}個持っています。{p.ja}は{q.ja}より{t.ja}を何個多く持っていますか？",
             ((a, "-", b),))
 
@@ -173,16 +169,20 @@ def problem(rng: random.Random, template: str, split: str = "search") -> Problem
         ops = [s[0] for s in steps if s[0] is not None] + [s[2] for s in steps]
         if split == "test" and max(ops) <= SEARCH_RANGE[1]:
             continue
-        answer = int(solution_lines(Problem(template, en, ja, tuple(steps), 0))[-1].split("= ")[1])
-        return Problem(template, en, ja, tuple(steps), answer)
+        return Problem(template, en, ja, tuple(steps), run_steps(steps)[1])
+
+
+def run_steps(steps) -> tuple[list[str], int]:
+    """The equation lines of a chain of steps and its result."""
+    lines, prev = [], None
+    for a, op, b in steps:
+        line, prev = equation(prev if a is None else a, op, b)
+        lines.append(line)
+    return lines, prev
 
 
 def solution_lines(p: Problem) -> list[str]:
-    lines, prev = [], None
-    for a, op, b in p.steps:
-        line, prev = equation(prev if a is None else a, op, b)
-        lines.append(line)
-    return lines
+    return run_steps(p.steps)[0]
 
 
 def math_a_solution(p: Problem) -> str:

@@ -52,7 +52,8 @@ def _pair_batch(items, pad_id):
         t = torch.tensor(ids)
         x[k, : len(ids)] = t
         y[k, n_prompt: len(ids)] = t[n_prompt:]
-    return x, y, (x != pad_id) | (torch.arange(L) < 1)
+    mask = torch.arange(L) < torch.tensor([len(i) for i, _ in items]).unsqueeze(1)
+    return x, y, mask
 
 
 def train(model, tokenizer, data, *, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 50,
