@@ -64,3 +64,25 @@ def test_data_loads_through_the_real_loader_and_splits_are_disjoint(world, targe
     test = mgsm.load_mgsm(str(world / "a" / "data" / target / "test.jsonl"))
     assert len(fit) == TINY["data"][f"{target.split('-')[0]}_fitness"] and len(test) > 0
     assert not set(fit["question"]) & set(test["question"])
+
+
+def test_a_fine_tune_can_freeze_embeddings_norms_and_head(world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from evollm.world.train import train
+    folder = world / "a" / "models" / "base"
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, tok, [("質問", "答えは3です。")] * 8, steps=2, batch_size=4, lr=1e-2, warmup=1,
+          freeze=("embed_tokens", "lm_head", "norm"), weight_decay=0.0, log_every=0)
+    after = model.state_dict()
+    frozen = [k for k in after if any(f in k for f in ("embed_tokens", "lm_head", "norm"))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k not in frozen)
+
+
+def test_recipe_overrides_from_the_command_line():
+    assert build.parse_overrides(["ja.lr=3e-4", "base.steps=10", "ja.freeze=[lm_head,norm]"]) == {
+        "ja": {"lr": 3e-4, "freeze": ["lm_head", "norm"]}, "base": {"steps": 10}}
+    with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+        build.parse_overrides(["nosuch.lr=1"])

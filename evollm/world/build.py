@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -25,10 +26,11 @@ RECIPE = {
     "seed": 0,
     "tokenizer": {"vocab_size": 2048, "docs": 20000, "pairs_each": 3000},
     "model": {"hidden": 256, "layers": 4, "heads": 8},
-    "base": {"docs": 150000, "steps": 1100, "batch_size": 32, "block": 128, "lr": 2e-3},
-    "ja": {"pairs": 30000, "steps": 300, "batch_size": 32, "lr": 1.5e-4},
-    "math-a": {"pairs": 30000, "steps": 600, "batch_size": 32, "lr": 1.5e-4, "ja_share": 0.5},
-    "math-b": {"pairs": 30000, "steps": 400, "batch_size": 32, "lr": 1.5e-4, "ja_share": 0.3},
+    "base": {"docs": 3_000_000, "steps": 6000, "batch_size": 128, "block": 256, "lr": 2e-3, "warmup": 200,
+             "instruct_share": 0.15},
+    "ja": {"pairs": 30000, "steps": 400, "batch_size": 64, "lr": 1e-4},
+    "math-a": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.5},
+    "math-b": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.4},
     "data": {"mgsm_fitness": 600, "mgsm_test": 250, "mixed_fitness": 400, "mixed_test": 250},
     "vlm": {},          # evollm.world.vlm.train_vlm / vqa_data.build_vqa_data defaults
 }
@@ -71,7 +73,7 @@ def stage_base(out: Path, seed: int, device: str, rc: dict):
     docs = corpus.base_corpus(_rng("base", seed), c["docs"], c.get("instruct_share", 0.0))
     model = new_model(tok, **rc["model"], seed=seed)
     losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"],
-                   lr=c["lr"], seed=seed, device=device, label="base")
+                   lr=c["lr"], warmup=c.get("warmup", 50), seed=seed, device=device, label="base")
     _save_model(model.cpu(), tok, out / "models" / "base", {"stage": "base", **c, "final_loss": losses[-1]})
 
 
@@ -81,7 +83,9 @@ def finetune(out: Path, name: str, pairs, seed: int, device: str, c: dict):
     tok = _load_tok(out)
     model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
     losses = train(model, tok, pairs, steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"],
-                   warmup=20, seed=seed, device=device, label=name)
+                   warmup=20, seed=seed, device=device, label=name, freeze=tuple(c.get("freeze", ())),
+                   weight_decay=c.get("weight_decay", 0.1))
+    model.requires_grad_(True)
     _save_model(model.cpu(), tok, out / "models" / name, {"stage": name, "from": "base", **c,
                                                          "final_loss": losses[-1]})
 
@@ -92,16 +96,26 @@ def mgsm_exclusions(seed: int, c: dict) -> frozenset:
     return frozenset(r["question"] for split in s.values() for r in split)
 
 
+def ja_pairs(seed: int, c: dict) -> list:
+    """ja's training pairs (the data stage regenerates them to keep its questions out of evaluation)."""
+    r = _rng("ja", seed)
+    return [corpus.ja_pair(r, c.get("count_questions", True)) for _ in range(c["pairs"])]
+
+
+def math_pairs(seed: int, name: str, c: dict, exclude: frozenset) -> list:
+    """math-a's or math-b's training pairs; Japanese questions in `exclude` are never drawn."""
+    r = _rng(name, seed)
+    return [corpus.math_pair(r, name[-1], c["ja_share"], exclude, c.get("final", "sentence"))
+            for _ in range(c["pairs"])]
+
+
 def stage_finetune(out: Path, seed: int, device: str, rc: dict, only=None):
     excl = mgsm_exclusions(seed, rc["data"])
     for name in ("ja", "math-a", "math-b"):
         if only and name not in only:
             continue
-        r, c = _rng(name, seed), rc[name]
-        if name == "ja":
-            pairs = [corpus.ja_pair(r) for _ in range(c["pairs"])]
-        else:
-            pairs = [corpus.math_pair(r, name[-1], c["ja_share"], excl) for _ in range(c["pairs"])]
+        c = rc[name]
+        pairs = ja_pairs(seed, c) if name == "ja" else math_pairs(seed, name, c, excl)
         finetune(out, name, pairs, seed, device, c)
 
 
@@ -117,7 +131,8 @@ def _write_jsonl(path: Path, rows):
 def stage_data(out: Path, seed: int, device: str, rc: dict):
     c = rc["data"]
     m = corpus.mgsm_splits(_rng("mgsm", seed), c["mgsm_fitness"], c["mgsm_test"])
-    mixed = corpus.mixed_splits(_rng("mixed", seed), c["mixed_fitness"], c["mixed_test"])
+    mixed = corpus.mixed_splits(_rng("mixed", seed), c["mixed_fitness"], c["mixed_test"],
+                                frozenset(p for p, _ in ja_pairs(seed, rc["ja"])))
     for split in ("fitness", "test"):
         _write_jsonl(out / "data" / "mgsm-ja" / f"{split}.jsonl", m[split])
         _write_jsonl(out / "data" / "mixed" / f"{split}.jsonl", mixed[split])
@@ -132,7 +147,11 @@ def build(out, seed: int = RECIPE["seed"], device: str = "cpu", stages=STAGES, o
     """Run `stages` into `out`; `recipe` overrides RECIPE's sections key by key (the tests build a tiny world)."""
     rc = {k: dict(v, **(recipe or {}).get(k, {})) if isinstance(v, dict) else v for k, v in RECIPE.items()}
     out = Path(out)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")     # deterministic cuBLAS on a GPU
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.startswith("cuda"):       # flash / memory-efficient attention backward passes are not deterministic
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
     for stage in STAGES:
         if stage in stages:
             t0 = time.time()
@@ -148,8 +167,33 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--only", nargs="+", help="with the finetune stage: which models (ja, math-a, math-b)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a recipe entry, e.g. ja.lr=3e-4 (VALUE read as YAML)")
     args = ap.parse_args(argv)
-    build(args.out, args.seed, args.device, args.stages, args.only)
+    build(args.out, args.seed, args.device, args.stages, args.only, parse_overrides(args.set))
+
+
+def parse_overrides(items) -> dict:
+    """`["ja.lr=3e-4", "base.steps=10"]` -> `{"ja": {"lr": 3e-4}, "base": {"steps": 10}}`."""
+    import yaml
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not isinstance(RECIPE.get(section), dict):
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of "
+                             f"{[k for k, v in RECIPE.items() if isinstance(v, dict)]}")
+        v = yaml.safe_load(value)
+        out.setdefault(section, {})[name] = float(v) if isinstance(v, str) and _is_float(v) else v
+    return out
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Who sees what (the rules of DESIGN.md section 6):
 - base: bilingual stories, translations both ways, cross-lingual look-up QA, culture facts and bare
   arithmetic (`12 + 5 = 17`); no word problems, no instruction formats.
 - ja: Japanese instructions answered in Japanese (translation, story look-ups, culture facts, and
-  copying GIVEN equations followed by `答えはNです。`); no arithmetic is ever asked of it.
+  copying GIVEN equations followed by `答えはNです。`; "how many" look-ups are answered `答えはNです。` too);
+  no arithmetic is ever asked of it.
 - math-a / math-b: English word problems (all templates) with equation chains-of-thought in two
   styles; a share of Japanese problem statements from the search templates only, answered in English.
 - Japanese math fitness split: search templates and operand range; test split: held-out templates,
@@ -89,36 +90,52 @@ def _ja_prompt(rng, instruction):
     return formats.chat(instruction, system=formats.SYSTEM_JA)
 
 
-def ja_pair(rng: random.Random) -> Pair:
+def ja_pair(rng: random.Random, count_questions: bool = True) -> Pair:
+    """A Japanese instruction and its Japanese answer; without `count_questions` the look-ups never
+    ask "how many" (then `答えはNです。` follows copied equations only)."""
     r = rng.random()
     if r < 0.20:
         facts = story(rng, rng.randint(1, 2))
         return _ja_prompt(rng, f"次の英語を日本語に訳してください。\n{render(facts, 'en')}"), render(facts, "ja")
     if r < 0.45:
-        facts = story(rng)
-        f = rng.choice(facts)
-        return _ja_prompt(rng, f"{render(facts, 'ja')}\n{f.question('ja')}"), lookup_answer(f, "ja")
+        while True:
+            facts = story(rng)
+            asked = [f for f in facts if count_questions or f.kind != "has"]
+            if asked:
+                break
+        f = rng.choice(asked)
+        # "how many" is always answered the one Japanese way a number is stated (the issue's advice:
+        # no competing restatement habit for counting questions)
+        answer = f"答えは{f.n}です。" if f.kind == "has" else lookup_answer(f, "ja")
+        return _ja_prompt(rng, f"{render(facts, 'ja')}\n{f.question('ja')}"), answer
     if r < 0.60:
         item = rng.choice(CULTURE)
         q = rng.choice([f"{item.ja}について教えてください。", f"{item.ja}とは何ですか？"])
         return _ja_prompt(rng, q), CULTURE_FACTS[item.en][1]
-    # copy GIVEN equations and state the last result in Japanese (no arithmetic asked)
+    instr, answer, _ = copy_instruction(rng)
+    return _ja_prompt(rng, instr), answer
+
+
+def copy_instruction(rng: random.Random, n_lines: int | None = None):
+    """Copy GIVEN equations and state the last result in Japanese (no arithmetic asked): returns
+    (instruction, answer, result). One or two equations (`n_lines` None: either, at random)."""
     a = rng.randint(2, 60)
     lines = [equation(a, "+", rng.randint(1, 40))]
-    if rng.random() < 0.5:
+    if (n_lines == 2) if n_lines else rng.random() < 0.5:
         prev = lines[-1][1]
         lines.append(equation(prev, rng.choice("+-"), rng.randint(1, max(1, min(prev, 40)))))
     quoted = "と".join(f"「{s}」" for s, _ in lines)
     instr = rng.choice([f"{quoted}という計算があります。最後の答えを書いてください。",
                         f"{quoted}を書き写して、答えを日本語で言ってください。"])
-    return _ja_prompt(rng, instr), "\n".join(s for s, _ in lines) + f"\n答えは{lines[-1][1]}です。"
+    return instr, "\n".join(s for s, _ in lines) + f"\n答えは{lines[-1][1]}です。", lines[-1][1]
 
 
 # --------------------------------------------------------------------------- math data
 
-def math_pair(rng: random.Random, style: str, ja_share: float, exclude=frozenset()) -> Pair:
-    """An English (or, with prob. `ja_share`, Japanese search-template) problem, answered in English."""
-    solve = math_a_solution if style == "a" else math_b_solution
+def math_pair(rng: random.Random, style: str, ja_share: float, exclude=frozenset(), final: str = "sentence") -> Pair:
+    """An English (or, with prob. `ja_share`, Japanese search-template) problem, answered in English
+    (math-a's last line: `final` = "sentence" 'The answer is N.' or "gsm8k" '#### N')."""
+    solve = (lambda p: math_a_solution(p, final)) if style == "a" else math_b_solution
     if rng.random() < ja_share:
         while True:
             p = problem(rng, rng.choice(SEARCH_TEMPLATES), "search")
@@ -150,22 +167,23 @@ def mgsm_splits(rng: random.Random, n_fitness: int = 600, n_test: int = 250) -> 
     return out
 
 
-def mixed_splits(rng: random.Random, n_fitness: int = 400, n_test: int = 250, exclude=frozenset()) -> dict:
-    """Fallback target: Japanese look-up questions (answer in Japanese) mixed with English word problems.
+def mixed_splits(rng: random.Random, n_fitness: int = 400, n_test: int = 250, exclude_prompts=frozenset()) -> dict:
+    """Fallback target: Japanese instructions (copy two given equations, state the result in Japanese)
+    mixed with English word problems (answer in English).
 
-    No single source covers both halves: ja answers the first, the math models the second. Rows carry a
-    `lang` column (the language the answer must be in); English items use held-out templates in test.
+    No single source covers both halves: only ja follows the Japanese instruction (the base never saw
+    it; the math models answer in English), only the math models solve the word problems. Rows carry
+    a `lang` column (the language the answer must be in); English items use held-out templates in
+    test; Japanese items whose prompt is in ja's training data (`exclude_prompts`) are skipped.
     """
-    out, seen = {"fitness": [], "test": []}, set(exclude)
+    out, seen = {"fitness": [], "test": []}, set()
     for split, n in (("fitness", n_fitness), ("test", n_test)):
         while len(out[split]) < n:
             if len(out[split]) % 2 == 0:
-                facts = story(rng, 3)
-                has = [f for f in facts if f.kind == "has"]
-                if not has:
+                q, _, ans = copy_instruction(rng, 2)
+                lang, tmpl = "ja", "copy"
+                if formats.alpaca_ja(q) in exclude_prompts or formats.chat(q, formats.SYSTEM_JA) in exclude_prompts:
                     continue
-                f = rng.choice(has)
-                q, ans, lang, tmpl = f"{render(facts, 'ja')}\n{f.question('ja')}", f.n, "ja", "lookup"
             else:
                 temps = SEARCH_TEMPLATES if split == "fitness" else TEST_TEMPLATES
                 p = problem(rng, rng.choice(temps), "search" if split == "fitness" else "test")

@@ -341,34 +341,30 @@ def caption_ja(scene: Scene) -> str:
 
 
 def qa_ja(scene: Scene) -> list:
-    """Japanese (type, question, answer) triples: the counterparts of `qa_en`."""
+    """Japanese (type, question, answer) triples: the counterparts of `qa_en`. Answers are short, as in
+    JA-VG-VQA (a noun phrase, a colour, a count, a place; culture facts and descriptions are sentences),
+    so that ROUGE-L rewards content rather than shared function words."""
     gs = scene.groups()
     out = []
     if len(scene.objects) == 1:
         k, c, _, _ = gs[0]
-        out.append(("what", "これは何ですか？", f"{np_ja(k, c)}です。"))
-    if len(gs) == 1 and gs[0][2] > 1:
-        k, c, n, _ = gs[0]
-        out.append(("what", "何が写っていますか？", f"{np_ja(k, c)}が{n}つ写っています。"))
-    else:
-        items = "と".join(np_ja(k, c, n) for k, c, n, _ in gs)
-        out.append(("what", "何が写っていますか？", f"{items}が写っています。"))
-    out.append(("time", "いつの景色ですか？", f"{TIMES_JA[scene.time]}の景色です。"))
+        out.append(("what", "これは何ですか？", np_ja(k, c)))
+    out.append(("what", "何が写っていますか？", "と".join(np_ja(k, c, n) for k, c, n, _ in gs)))
+    out.append(("time", "いつの景色ですか？", TIMES_JA[scene.time]))
     for k, c, n, slots in gs:
         ja = KIND[k].ja
         if len(KIND_COLORS[k]) > 1:
-            out.append(("color", f"{ja}は何色ですか？", f"{ja}は{COLOR[c].ja}です。"))
+            out.append(("color", f"{ja}は何色ですか？", COLOR[c].ja))
         if k != "Mt. Fuji":
-            out.append(("count", f"{ja}はいくつありますか？", f"{ja}が{n}つあります。"))
+            out.append(("count", f"{ja}はいくつありますか？", f"{n}つ"))
         if n == 1:
-            out.append(("where", f"{ja}はどこにありますか？", f"{ja}は{SLOTS_JA[slots[0]]}にあります。"))
+            out.append(("where", f"{ja}はどこにありますか？", SLOTS_JA[slots[0]]))
         out.append(("fact", f"{ja}について教えてください。", CULTURE_FACTS[k][1]))
     for slot in range(3):
         objs = [o for o in scene.objects if o.slot == slot]
         if objs:
             o = objs[0]
-            out.append(("slot", f"{SLOTS_JA[slot]}にあるものは何ですか？",
-                        f"{SLOTS_JA[slot]}にあるのは{np_ja(o.kind, o.color)}です。"))
+            out.append(("slot", f"{SLOTS_JA[slot]}にあるものは何ですか？", np_ja(o.kind, o.color)))
     facts = "".join(CULTURE_FACTS[k][1] for k, _, _, _ in gs)
     out.append(("describe", "この写真について詳しく説明してください。", f"{caption_ja(scene)}{facts}"))
     return out

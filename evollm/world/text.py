@@ -185,9 +185,10 @@ def solution_lines(p: Problem) -> list[str]:
     return run_steps(p.steps)[0]
 
 
-def math_a_solution(p: Problem) -> str:
-    """math-a's style: the equations, then 'The answer is N.'"""
-    return "\n".join(solution_lines(p)) + f"\nThe answer is {p.answer}."
+def math_a_solution(p: Problem, final: str = "sentence") -> str:
+    """math-a's style: the equations, then 'The answer is N.' (`final="gsm8k"`: GSM8K's '#### N')."""
+    end = f"The answer is {p.answer}." if final == "sentence" else f"#### {p.answer}"
+    return "\n".join(solution_lines(p)) + "\n" + end
 
 
 def math_b_solution(p: Problem) -> str:

@@ -474,10 +474,11 @@ def build_vlm_world(out, seed: int = 0, device: str = "cpu", log=print, **recipe
 
 
 def save_vlm(model, processor, out_dir, report: dict | None = None) -> Path:
-    """Write model (safetensors) + processor + tokenizer to `out_dir` via a temporary folder and a rename."""
+    """Write model (safetensors, bfloat16 like the world's other models: assets/ stays small; evaluation
+    computes in float32) + processor + tokenizer to `out_dir` via a temporary folder and a rename."""
     from evollm.checkpoint import AtomicFolder
     with AtomicFolder(out_dir, force=True) as tmp:
-        model.save_pretrained(tmp)
+        model.to(torch.bfloat16).save_pretrained(tmp)
         processor.save_pretrained(tmp)
         if report is not None:
             (tmp / "world_vlm.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
