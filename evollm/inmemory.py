@@ -10,26 +10,40 @@ from typing import Dict, Mapping
 
 import torch
 
-from .merge.methods import REQUIRED, get_method
+from .merge.methods import get_method
 from .merge.rng import tensor_generator
+from .recipe import resolve
 
 
-def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[str, Mapping], names):
-    """Fill method defaults; returns (method, global params, [per-model params in `names` order])."""
+def layer_positions(names) -> Dict[str, float]:
+    """Position t in [0, 1] of each tensor along the decoder layers, as `evollm merge` assigns it
+    (layer i of L at i/(L-1); tensors outside the layers at 0): gradients resolve alike."""
+    from .merger import LAYER_RE
+    counts: Dict[str, set] = {}
+    for n in names:
+        m = LAYER_RE.match(n)
+        if m:
+            counts.setdefault(m["prefix"], set()).add(int(m["idx"]))
+    prefix = max(counts, key=lambda k: len(counts[k])) if counts else None
+    n_layers = len(counts.get(prefix, ()))
+    out = {}
+    for n in names:
+        m = LAYER_RE.match(n)
+        inside = m is not None and m["prefix"] == prefix
+        out[n] = (int(m["idx"]) / (n_layers - 1) if n_layers > 1 else 1.0) if inside else 0.0
+    return out
+
+
+def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[str, Mapping], names,
+                   tensor_name: str = "", t: float = 0.0):
+    """Resolve a recipe's parameter settings (numbers, layer gradients, filter lists) for one tensor,
+    with the recipe's own precedence and defaults; returns (method, global params, [per-model params])."""
     method = get_method(method_name)
-    g, per = {}, []
-    for p in method.params:
-        if p.scope == "global":
-            g[p.name] = global_params.get(p.name, p.default)
-    for name in names:
-        d = {}
-        for p in method.params:
-            if p.scope in ("non_base", "input"):
-                v = per_model.get(name, {}).get(p.name, p.default)
-                if v is REQUIRED:
-                    raise ValueError(f"method {method_name}: parameter {p.name!r} is required for model {name!r}")
-                d[p.name] = v
-        per.append(d)
+    g = {p.name: resolve(method, p.name, [global_params], tensor_name, t, f"tensor {tensor_name}")
+         for p in method.params if p.scope == "global"}
+    per = [{p.name: resolve(method, p.name, [per_model.get(n, {}), global_params], tensor_name, t,
+                            f"model {n}, tensor {tensor_name}")
+            for p in method.params if p.scope in ("non_base", "input")} for n in names]
     return method, g, per
 
 
@@ -42,6 +56,7 @@ class InMemoryMerger:
         self.targets = dict(model.named_parameters())
         self.names = list(sources)
         self.tensors = {}
+        self.t = layer_positions(self.targets)
         for k, t in self.targets.items():
             missing = [n for n in self.names if k not in sources[n]]
             if k not in base or missing:
@@ -56,12 +71,13 @@ class InMemoryMerger:
     @torch.no_grad()
     def merge(self, method_name: str, global_params: Mapping = None, per_model: Mapping = None,
               seed: int = 0, candidate: int = 0):
-        """Write the merge into the model in place and return the model."""
-        method, g, per = resolve_params(method_name, global_params or {}, per_model or {}, self.names)
-        inputs = per + [{}]
+        """Write the merge into the model in place and return the model. Parameter values may be
+        anything a recipe accepts (a number, a gradient over the layers, a list of filters)."""
         base_idx = len(self.names)
         for k, ts in self.tensors.items():
+            method, g, per = resolve_params(method_name, global_params or {}, per_model or {}, self.names,
+                                            k, self.t[k])
             rng = lambda i, k=k: tensor_generator(seed, k, i, device=self.device, candidate=candidate)
-            out = method.fn(ts, base_idx, g, inputs, rng)
+            out = method.fn(ts, base_idx, g, per + [{}], rng)
             self.targets[k].copy_(out.to(self.targets[k].dtype))
         return self.model

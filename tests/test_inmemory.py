@@ -10,15 +10,19 @@ from evollm.cli import main
 from evollm.inmemory import InMemoryMerger
 from tiny import family
 
-PARAMS = {"ties": {"ft0": {"weight": 0.6, "density": 0.5}, "ft1": {"weight": 0.4, "density": 0.3}},
-          "dare_ties": {"ft0": {"weight": 0.7, "density": 0.4}, "ft1": {"weight": 1.3, "density": 0.6}},
-          "task_arithmetic": {"ft0": {"weight": 1.0}, "ft1": {"weight": 0.5}}}
+CASES = {"ties": ("ties", {"ft0": {"weight": 0.6, "density": 0.5}, "ft1": {"weight": 0.4, "density": 0.3}}),
+         "dare_ties": ("dare_ties", {"ft0": {"weight": 0.7, "density": 0.4}, "ft1": {"weight": 1.3, "density": 0.6}}),
+         "task_arithmetic": ("task_arithmetic", {"ft0": {"weight": 1.0}, "ft1": {"weight": 0.5}}),
+         # layer gradients and name filters resolve per tensor exactly as the exported recipe's
+         "dare_ties layered": ("dare_ties", {
+             "ft0": {"weight": [0.2, 0.9], "density": [{"filter": "mlp", "value": 0.3}, {"value": 0.7}]},
+             "ft1": {"weight": [{"filter": "lm_head", "value": 0.1}, {"value": [1.0, 0.4]}], "density": 0.5}})}
 
 
-@pytest.mark.parametrize("method", sorted(PARAMS))
-def test_in_memory_merge_equals_the_exported_merge(tmp_path, method):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_in_memory_merge_equals_the_exported_merge(tmp_path, case):
     base, ft0, ft1 = family(tmp_path, "llama")
-    per = PARAMS[method]
+    method, per = CASES[case]
     recipe = {"merge_method": method, "base_model": base, "dtype": "float32", "parameters": {"normalize": False},
               "models": [{"model": p, "parameters": per[n]} for n, p in (("ft0", ft0), ("ft1", ft1))]}
     if method == "task_arithmetic":

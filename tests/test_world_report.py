@@ -16,9 +16,23 @@ def test_cma_search_is_seeded_bounded_and_finds_the_optimum():
     def score(per, n):
         return -sum((p["weight"] - 1.2) ** 2 + (p["density"] - 0.3) ** 2 for p in per.values())
 
-    a = report.cma_search(score, ["x", "y"], budget=96, seed=3, log=lambda *_: None)
-    b = report.cma_search(score, ["x", "y"], budget=96, seed=3, log=lambda *_: None)
+    a = report.cma_search(score, ["x", "y"], budget=96, seed=3, weight_max=2.0, log=lambda *_: None)
+    b = report.cma_search(score, ["x", "y"], budget=96, seed=3, weight_max=2.0, log=lambda *_: None)
     assert a == b
     for p in a[1].values():
         assert 0 <= p["weight"] <= 2 and 0.05 <= p["density"] <= 1
         assert abs(p["weight"] - 1.2) < 0.15 and abs(p["density"] - 0.3) < 0.1
+
+
+def test_cma_search_over_layer_gradients():
+    seen = []
+
+    def score(per, n):
+        seen.append(per)
+        w = per["x"]["weight"]
+        return -((w[0] - 0.2) ** 2 + (w[1] - 0.9) ** 2)
+
+    best, per = report.cma_search(score, ["x"], budget=64, seed=0, layer_points=2, log=lambda *_: None)
+    assert all(isinstance(p["x"]["weight"], list) and len(p["x"]["weight"]) == 2 for p in seen)
+    assert all(0 <= v <= 1 for p in seen for v in p["x"]["weight"])          # the default bound: [0, 1]
+    assert abs(per["x"]["weight"][0] - 0.2) < 0.1 and abs(per["x"]["weight"][1] - 0.9) < 0.1

@@ -39,6 +39,34 @@ def load_world(world: Path, device="cpu"):
     return tok, sd, model
 
 
+def task_vector_stats(sd: dict, names=SOURCES) -> dict:
+    """Relative norm ||source - base|| / ||base|| per source and pairwise cosines of the task vectors:
+    merging adds task vectors, which works when they are small and not alike."""
+    flat = lambda s: torch.cat([s[k].float().flatten() for k in sorted(sd["base"])])
+    base = flat(sd["base"])
+    tv = {n: flat(sd[n]) - base for n in names}
+    out = {f"norm {n}": round(float(tv[n].norm() / base.norm()), 4) for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            out[f"cos {a}/{b}"] = round(float(torch.nn.functional.cosine_similarity(tv[a], tv[b], dim=0)), 3)
+    return out
+
+
+def recorded_recipes(world: Path, target: str) -> dict:
+    """Merges recorded in `world/recipes/<target>-*.yaml` (recipes `evollm merge` exports), as
+    label -> (method, global parameters, per-source parameters keyed by source name)."""
+    from ..recipe import load_recipe
+    out = {}
+    for path in sorted((world / "recipes").glob(f"{target}-*.yaml")):
+        r = load_recipe(path)
+        per = {Path(s.model).name: s.parameters for s in r.models or [] if s.model != r.base_model}
+        unknown = sorted(set(per) - set(SOURCES))
+        if unknown or not per:
+            raise ValueError(f"{path}: a `models:` recipe over {SOURCES} expected (got {sorted(per)})")
+        out[f"recorded: {path.stem}"] = (r.merge_method, r.parameters, per)
+    return out
+
+
 def read_rows(path: Path):
     return list(mgsm.load_mgsm(str(path)))
 
@@ -58,14 +86,16 @@ def evaluate(model, tok, rows):
 
 
 def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: int = 200, seed: int = 0,
-        log=lambda *a: print(*a, flush=True)) -> dict:
+        device: str = "cpu", layer_points: int = 1, weight_max: float = 1.0, log=lambda *a: print(*a, flush=True)) -> dict:
     """Evaluate sources, baselines, untuned merges and a CMA-ES-searched DARE-TIES on `target`'s test split."""
-    tok, sd, model = load_world(world)
+    tok, sd, model = load_world(world, device)
     fit = read_rows(world / "data" / target / "fitness.jsonl")
     test = read_rows(world / "data" / target / "test.jsonl")
     rng = np.random.RandomState(seed)
     fit_sub = [fit[i] for i in sorted(rng.choice(len(fit), min(fitness_items, len(fit)), replace=False))]
-    res = {"target": target, "rows": {}, "baselines": baselines(fit, test), "examples": {}}
+    res = {"target": target, "rows": {}, "baselines": baselines(fit, test), "examples": {},
+           "task_vectors": task_vector_stats(sd)}
+    log(f"task vectors: {res['task_vectors']}")
 
     def record(label, model):
         res["rows"][label], items = evaluate(model, tok, test)
@@ -75,18 +105,21 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
     for name in ("base", *SOURCES):
         model.load_state_dict(sd[name])
         record(name, model)
-    merger = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES})
+    merger = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES}, device)
     for label, (method, per) in untuned(SOURCES).items():
         record(label, merger.merge(method, {}, per, seed=seed))
+    for label, (method, g, per) in recorded_recipes(world, target).items():
+        record(label, merger.merge(method, g, per, seed=seed))
 
     def fitness(per, n):
         model = merger.merge("dare_ties", {"normalize": False}, per, seed=seed, candidate=n)
         return mgsm.evaluate(model, tok, fit_sub, max_new_tokens=64, batch_size=128)["accuracy"]
 
     t0 = time.time()
-    acc, per = cma_search(fitness, list(SOURCES), budget=budget, seed=seed, log=log)
+    acc, per = cma_search(fitness, list(SOURCES), budget=budget, seed=seed, layer_points=layer_points,
+                          weight_max=weight_max, log=log)
     res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_accuracy": acc,
-                     "budget": budget, "fitness_items": len(fit_sub), "seconds": round(time.time() - t0)}
+                     "layer_points": layer_points, "weight_max": weight_max, "budget": budget, "fitness_items": len(fit_sub), "seconds": round(time.time() - t0)}
     record("searched DARE-TIES", merger.merge("dare_ties", {"normalize": False}, per, seed=seed))
     return res
 
@@ -101,18 +134,24 @@ class LanguageTower(torch.nn.Module):
         self.lm_head = vlm.lm_head
 
 
-def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, log=print):
-    """CMA-ES (initial 0.5, sigma 1/6, as the paper) over weight in [0, 2] and density in [0.05, 1] per
-    model; maximises `evaluate_fn(per_model_params, candidate_index)`. Returns (best score, params)."""
+def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, layer_points=1, weight_max=1.0, log=print):
+    """CMA-ES (initial 0.5, sigma 1/6, as the paper) over weight in [0, weight_max] and density in [0.05, 1] per
+    model; maximises `evaluate_fn(per_model_params, candidate_index)`. Returns (best score, params).
+
+    With `layer_points` > 1 each weight is a gradient over the decoder layers (a list of that many
+    values, as a recipe writes it; tensors outside the layers take the first value)."""
     import cma
-    k = len(names)
-    lo, hi = np.array([0.0] * k + [0.05] * k), np.array([2.0] * k + [1.0] * k)
+    k, L = len(names), layer_points
+    lo = np.array([0.0] * (k * L) + [0.05] * k)
+    hi = np.array([weight_max] * (k * L) + [1.0] * k)
 
     def decode(x):
         v = lo + (hi - lo) * np.clip(x, 0, 1)
-        return {n: {"weight": round(float(v[i]), 4), "density": round(float(v[k + i]), 4)} for i, n in enumerate(names)}
+        w = lambda i: round(float(v[i]), 4)
+        return {n: {"weight": w(i * L) if L == 1 else [w(i * L + j) for j in range(L)],
+                    "density": w(k * L + i)} for i, n in enumerate(names)}
 
-    es = cma.CMAEvolutionStrategy([0.5] * (2 * k), 1 / 6, {
+    es = cma.CMAEvolutionStrategy([0.5] * len(lo), 1 / 6, {
         "popsize": popsize, "seed": seed + 1, "randn": np.random.RandomState(seed).randn,
         "bounds": [0, 1], "verbose": -9})
     best, n = (-1.0, None), 0
@@ -131,17 +170,17 @@ def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, log=print):
     return best
 
 
-def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0,
-            log=lambda *a: print(*a, flush=True)) -> dict:
+def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0, device: str = "cpu",
+            weight_max: float = 1.0, log=lambda *a: print(*a, flush=True)) -> dict:
     """JA-VG-VQA (world) test: vlm-en, untuned and searched merges of its language tower with ja."""
     from safetensors.torch import load_file
     from evovlm.data import load_in_the_wild, load_ja_vg_vqa
     from .vlm import evaluate_vqa, load_vlm
-    vlm, proc = load_vlm(world / "models" / "vlm-en")
+    vlm, proc = load_vlm(world / "models" / "vlm-en", device)
     tower = LanguageTower(vlm)
     base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in ("base", "ja"))
     vlm_lm = {k: v.detach().clone() for k, v in tower.state_dict().items()}
-    merger = InMemoryMerger(tower, base, {"vlm-en": vlm_lm, "ja": ja})
+    merger = InMemoryMerger(tower, base, {"vlm-en": vlm_lm, "ja": ja}, device)
     data = world / "data"
     fit = load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "train.parquet"))
     fit = fit.select(range(min(fitness_items, len(fit))))
@@ -180,8 +219,9 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
         return evaluate_vqa(vlm, proc, fit, seed=seed)["rouge_l"]
 
     t0 = time.time()
-    score, per = cma_search(fitness, ["vlm-en", "ja"], budget=budget, seed=seed, log=log)
+    score, per = cma_search(fitness, ["vlm-en", "ja"], budget=budget, seed=seed, weight_max=weight_max, log=log)
     res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_rouge_l": round(score, 1),
+                     "weight_max": weight_max,
                      "budget": budget, "fitness_items": len(fit), "seconds": round(time.time() - t0)}
     merger.merge("dare_ties", {"normalize": False}, per, seed=seed)
     record("searched DARE-TIES")
@@ -206,12 +246,17 @@ def main(argv=None):
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--fitness-items", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weight-max", type=float, default=1.0, help="upper bound of each searched weight")
+    ap.add_argument("--layer-points", type=int, default=1,
+                    help="search each weight as a gradient of this many values over the layers")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="write the numbers as JSON here")
     args = ap.parse_args(argv)
     if args.target == "vqa":
-        res = run_vqa(Path(args.world), args.budget, args.fitness_items, args.seed)
+        res = run_vqa(Path(args.world), args.budget, args.fitness_items, args.seed, args.device, args.weight_max)
     else:
-        res = run(Path(args.world), args.target, args.budget, args.fitness_items, args.seed)
+        res = run(Path(args.world), args.target, args.budget, args.fitness_items, args.seed, args.device,
+                  args.layer_points, args.weight_max)
         print(table(res))
     print("searched recipe:", json.dumps(res["search"], ensure_ascii=False))
     if args.out:
