@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test world report clean
+.PHONY: install demo toy test world report clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,17 +18,24 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The main job on the miniature world (assets/): sources, baselines, untuned merges, a short search.
 demo: install
+	$(BIN)/python -m evollm.world.demo
+
+# Issue 2's toy: every merge method on two tiny fine-tunes trained on the spot.
+toy: install
 	$(BIN)/python -m evollm.demo
 
-# Regenerate the miniature world in assets/ from its recipe (CPU: see assets/README.md for times).
+# Regenerate the miniature world from its recipe into $(WORLD) (assets/README.md: times on CPU and GPU;
+# `make world WORLD=assets` replaces the committed one).
+WORLD ?= build/world
 world: install
-	$(BIN)/python -m evollm.world.build --out assets
+	$(BIN)/python -m evollm.world.build --out $(WORLD)
 
-# The measurements recorded in assets/README.md.
+# The measurements recorded in assets/README.md (CPU: about 30 min; add --device cuda on a GPU).
 report: install
-	$(BIN)/python -m evollm.world.report --world assets --target mgsm-ja --budget 48 --fitness-items 150
-	$(BIN)/python -m evollm.world.report --world assets --target mixed --budget 48 --fitness-items 150
+	$(BIN)/python -m evollm.world.report --world assets --target mgsm-ja --budget 160 --fitness-items 300 --weight-max 2
+	$(BIN)/python -m evollm.world.report --world assets --target mixed --budget 48 --fitness-items 100
 	$(BIN)/python -m evollm.world.report --world assets --target vqa --budget 24 --fitness-items 100
 
 test: install
