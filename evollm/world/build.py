@@ -85,7 +85,6 @@ def finetune(out: Path, name: str, pairs, seed: int, device: str, c: dict):
     losses = train(model, tok, pairs, steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"],
                    warmup=20, seed=seed, device=device, label=name, freeze=tuple(c.get("freeze", ())),
                    weight_decay=c.get("weight_decay", 0.1))
-    model.requires_grad_(True)
     _save_model(model.cpu(), tok, out / "models" / name, {"stage": name, "from": "base", **c,
                                                          "final_loss": losses[-1]})
 

@@ -2,7 +2,8 @@
 
 Who sees what (the rules of DESIGN.md section 6):
 - base: bilingual stories, translations both ways, cross-lingual look-up QA, culture facts and bare
-  arithmetic (`12 + 5 = 17`); no word problems, no instruction formats.
+  arithmetic (`12 + 5 = 17`); a share (`instruct_share`) of generic instruction-formatted look-ups and
+  translations into English, so that fine-tunes need not learn the prompt formats; no word problems.
 - ja: Japanese instructions answered in Japanese (translation, story look-ups, culture facts, and
   copying GIVEN equations followed by `答えはNです。`; "how many" look-ups are answered `答えはNです。` too);
   no arithmetic is ever asked of it.

@@ -103,5 +103,5 @@ def train(model, tokenizer, data, *, steps: int, batch_size: int = 32, lr: float
         if log_every and (step + 1) % log_every == 0:
             print(f"[{label}] step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} "
                   f"({time.time() - t0:.0f}s)", flush=True)
-    model.eval()
+    model.requires_grad_(True).eval()
     return losses
