@@ -40,6 +40,7 @@ def main(argv=None):
     if not (world / "models" / "base").is_dir():
         raise SystemExit(f"{world}: no miniature world here (expected {world / 'models' / 'base'}); "
                          "run from the repository root or pass --world")
+    report.quiet_progress()
     t0 = time.time()
     res = report.run(world, args.target, args.budget, args.fitness_items, args.seed)
     print()

@@ -100,7 +100,7 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
     def record(label, model):
         res["rows"][label], items = evaluate(model, tok, test)
         res["examples"][label] = [i["output"] for i in items[:3]]
-        log(f"{label:<26}{res['rows'][label]}")
+        log(f"{label:<28}{res['rows'][label]}")
 
     for name in ("base", *SOURCES):
         model.load_state_dict(sd[name])
@@ -194,7 +194,7 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
             r = evaluate_vqa(vlm, proc, ds, seed=seed)
             res["rows"][label][tname] = round(r["rouge_l"], 1)
             res["examples"].setdefault(label, list(zip(r["questions"][:2], r["predictions"][:2])))
-        log(f"{label:<26}{res['rows'][label]}")
+        log(f"{label:<28}{res['rows'][label]}")
 
     record("vlm-en")
     # baselines: the most common fitness answer for every question; the VLM with ja's language tower
@@ -207,7 +207,7 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
         t: round(rouge_l_ja([const] * len(ds), [x["answer"] for x in qa_items(ds)], seed=seed), 1)
         for t, ds in tests.items()}
     res["constant_answer"] = const
-    log(f"{'constant answer':<26}{res['rows']['constant answer']}  ({const})")
+    log(f"{'constant answer':<28}{res['rows']['constant answer']}  ({const})")
     merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, "ja": {"weight": 1.0}})
     record("ja language tower")
     for label, (method, per) in untuned(("vlm-en", "ja")).items():
@@ -231,15 +231,24 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
 def table(res) -> str:
     b = res["baselines"]
     lines = [f"held-out {res['target']} test ({'accuracy = number right AND answer in the required language'})",
-             f"{'model':<26}{'accuracy':>9}{'number ok':>11}{'language ok':>13}"]
+             f"{'model':<28}{'accuracy':>9}{'number ok':>11}{'language ok':>13}"]
     for label, r in res["rows"].items():
-        lines.append(f"{label:<26}{r['accuracy']:>9.1f}{r['number_correct']:>11.1f}{r['lang_rate']:>13.1f}")
-    lines.append(f"{'constant answer (' + str(b['constant'][1]) + ')':<26}{b['constant'][0]:>9.1f}")
-    lines.append(f"{'chance':<26}{b['chance']:>9.1f}")
+        lines.append(f"{label:<28}{r['accuracy']:>9.1f}{r['number_correct']:>11.1f}{r['lang_rate']:>13.1f}")
+    lines.append(f"{'constant answer (' + str(b['constant'][1]) + ')':<28}{b['constant'][0]:>9.1f}")
+    lines.append(f"{'chance':<28}{b['chance']:>9.1f}")
     return "\n".join(lines)
 
 
+def quiet_progress():
+    """No per-file progress bars from transformers and datasets: the tables are the output."""
+    import datasets
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def main(argv=None):
+    quiet_progress()
     ap = argparse.ArgumentParser(prog="python -m evollm.world.report")
     ap.add_argument("--world", default="assets")
     ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa"])
