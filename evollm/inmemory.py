@@ -12,26 +12,8 @@ import torch
 
 from .merge.methods import get_method
 from .merge.rng import tensor_generator
+from .merger import decoder_layers, layer_position
 from .recipe import resolve
-
-
-def layer_positions(names) -> Dict[str, float]:
-    """Position t in [0, 1] of each tensor along the decoder layers, as `evollm merge` assigns it
-    (layer i of L at i/(L-1); tensors outside the layers at 0): gradients resolve alike."""
-    from .merger import LAYER_RE
-    counts: Dict[str, set] = {}
-    for n in names:
-        m = LAYER_RE.match(n)
-        if m:
-            counts.setdefault(m["prefix"], set()).add(int(m["idx"]))
-    prefix = max(counts, key=lambda k: len(counts[k])) if counts else None
-    n_layers = len(counts.get(prefix, ()))
-    out = {}
-    for n in names:
-        m = LAYER_RE.match(n)
-        inside = m is not None and m["prefix"] == prefix
-        out[n] = (int(m["idx"]) / (n_layers - 1) if n_layers > 1 else 1.0) if inside else 0.0
-    return out
 
 
 def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[str, Mapping], names,
@@ -56,7 +38,8 @@ class InMemoryMerger:
         self.targets = dict(model.named_parameters())
         self.names = list(sources)
         self.tensors = {}
-        self.t = layer_positions(self.targets)
+        prefix, n_layers = decoder_layers(self.targets)
+        self.t = {k: layer_position(k, prefix, n_layers) for k in self.targets}
         for k, t in self.targets.items():
             missing = [n for n in self.names if k not in sources[n]]
             if k not in base or missing:

@@ -52,18 +52,31 @@ def text_config(cfg: dict) -> dict:
 
 
 def layer_prefix(ckpt: Checkpoint) -> Tuple[Optional[str], int]:
-    """(prefix of the decoder layers, number of layers), e.g. ('model.layers', 32).
+    """(prefix of the decoder layers, number of layers) of a checkpoint, e.g. ('model.layers', 32)."""
+    return decoder_layers(ckpt.names(), text_config(ckpt.config).get("num_hidden_layers"))
+
+
+def layer_position(name: str, prefix: Optional[str], n_layers: int) -> float:
+    """Where a tensor sits along the decoder layers for gradient values: layer i of L at i/(L-1);
+    tensors outside the layers (embeddings, final norm, head) at 0."""
+    m = LAYER_RE.match(name)
+    if not (m and m["prefix"] == prefix):
+        return 0.0
+    return int(m["idx"]) / (n_layers - 1) if n_layers > 1 else 1.0
+
+
+def decoder_layers(names, want: Optional[int] = None) -> Tuple[Optional[str], int]:
+    """(prefix, count) of the decoder layers among tensor `names`.
 
     Among several '...layers.N.' families (a VLM's vision tower has one too) the one whose
-    count matches num_hidden_layers of the (text) config wins."""
+    count is `want` (num_hidden_layers) wins, else the largest."""
     counts: Dict[str, set] = {}
-    for n in ckpt.names():
+    for n in names:
         m = LAYER_RE.match(n)
         if m:
             counts.setdefault(m["prefix"], set()).add(int(m["idx"]))
     if not counts:
         return None, 0
-    want = text_config(ckpt.config).get("num_hidden_layers")
     for prefix, idx in counts.items():
         if len(idx) == want:
             return prefix, want
@@ -173,11 +186,7 @@ def plan_merge(recipe: Recipe, ckpts: Dict[str, Checkpoint]) -> Tuple[List[Tenso
             return [recipe.parameters] if src is None else [src.parameters, recipe.parameters]
 
         for name in sorted(donor.names(), key=_sort_key(prefix)):
-            m = LAYER_RE.match(name)
-            if m and m["prefix"] == prefix:
-                t = int(m["idx"]) / (n_layers - 1) if n_layers > 1 else 1.0
-            else:
-                t = 0.0
+            t = layer_position(name, prefix, n_layers)
             add(name, sources, [name] * len(sources), recipe.base_model, scopes, t)
         return tasks, out_cfg
 
