@@ -12,7 +12,7 @@ import torch
 
 from .merge.methods import get_method
 from .merge.rng import tensor_generator
-from .merger import decoder_layers, layer_position
+from .merger import MergeError, decoder_layers, layer_position
 from .recipe import resolve
 
 
@@ -30,10 +30,13 @@ def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[
 
 
 class InMemoryMerger:
-    """Merge `sources` (name -> state dict) onto `base` (state dict) into `model`'s parameters."""
+    """Merge `sources` (name -> state dict) onto `base` (state dict) into `model`'s parameters.
+
+    Inputs are held on `device` in `store_dtype` (bfloat16 halves the memory of 7B sources; lossless
+    for sources saved in bfloat16) and each tensor is merged in float32, as `evollm merge` does."""
 
     def __init__(self, model: torch.nn.Module, base: Dict[str, torch.Tensor],
-                 sources: Dict[str, Dict[str, torch.Tensor]], device="cpu"):
+                 sources: Dict[str, Dict[str, torch.Tensor]], device="cpu", store_dtype=torch.float32):
         self.model, self.device = model.to(device), device
         self.targets = dict(model.named_parameters())
         self.names = list(sources)
@@ -48,7 +51,7 @@ class InMemoryMerger:
             # (base last, as mergekit appends it): same positions, same random-mask streams
             ins = [sources[n][k] for n in self.names] + [base[k]]
             # an input that shares storage with the target would be overwritten by the first merge
-            self.tensors[k] = [x.detach().to(device, torch.float32, copy=x.data_ptr() == t.data_ptr())
+            self.tensors[k] = [x.detach().to(device, store_dtype, copy=x.data_ptr() == t.data_ptr())
                                for x in ins]
 
     @torch.no_grad()
@@ -61,6 +64,8 @@ class InMemoryMerger:
             method, g, per = resolve_params(method_name, global_params or {}, per_model or {}, self.names,
                                             k, self.t[k])
             rng = lambda i, k=k: tensor_generator(seed, k, i, device=self.device, candidate=candidate)
-            out = method.fn(ts, base_idx, g, per + [{}], rng)
+            out = method.fn([x.float() for x in ts], base_idx, g, per + [{}], rng)
+            if not torch.isfinite(torch.stack(torch.aminmax(out))).all():   # NaN propagates to min/max
+                raise MergeError(f"tensor {k}: the merge produced NaN or inf ({method_name}, {per})")
             self.targets[k].copy_(out.to(self.targets[k].dtype))
         return self.model

@@ -2,14 +2,16 @@
 
 import pytest
 
+from evollm.tasks import mgsm
 from evollm.world import report
 
 
 def test_baselines_use_the_fitness_mode_and_the_test_range():
     fit = [{"answer_number": a} for a in (3, 3, 5)]
     test = [{"answer_number": a} for a in (3, 4, 6, 7)]
-    b = report.baselines(fit, test)
-    assert b["constant"] == (25.0, 3) and b["chance"] == pytest.approx(100 / 5)
+    b = mgsm.answer_baselines(fit, test)
+    assert (b["constant"], b["constant_answer"]) == (25.0, 3) and b["chance"] == pytest.approx(100 / 5)
+    assert b["constant_fitness"] == pytest.approx(200 / 3)
 
 
 def test_cma_search_is_seeded_bounded_and_finds_the_optimum():

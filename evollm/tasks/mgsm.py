@@ -18,18 +18,76 @@ REQUIRED_COLUMNS = ("question", "answer_number")
 
 
 def load_mgsm(source: str = "juletxara/mgsm", split: str = "test", config: str = "ja"):
-    """A hub id goes through `datasets.load_dataset(id, config)`; a local .jsonl/.json/.parquet file
-    (the world's format) through the matching builder. Returns a `datasets.Dataset`."""
+    """A local .jsonl/.json/.parquet/.tsv file (the world's format, or MGSM's raw `question<TAB>answer`
+    files) through the matching `datasets` builder; anything else is a hub id loaded with
+    `datasets.load_dataset(id, config, split=split)` (config dropped for single-config sets such as
+    SakanaAI/gsm8k-ja-test_250-1319). A GSM8K-style `answer` ("... #### 72") without `answer_number`
+    gets its number. Returns a `datasets.Dataset`."""
     import datasets
     if os.path.exists(source):
-        kind = "parquet" if source.endswith(".parquet") else "json"
-        ds = datasets.load_dataset(kind, data_files=source, split="train")
+        if source.endswith((".tsv", ".csv")):
+            ds = _load_table(source)
+        else:
+            kind = "parquet" if source.endswith(".parquet") else "json"
+            ds = datasets.load_dataset(kind, data_files=source, split="train")
     else:
-        ds = datasets.load_dataset(source, config, split=split)
+        try:
+            ds = datasets.load_dataset(source, config, split=split)
+        except ValueError as e:       # a data set without configs named `config`
+            if "onfig" not in str(e):
+                raise
+            ds = datasets.load_dataset(source, split=split)
+    if "answer_number" not in ds.column_names and "answer" in ds.column_names:
+        ds = ds.map(lambda r: {"answer_number": _gsm8k_number(r["answer"], source)})
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; MGSM format needs {list(REQUIRED_COLUMNS)}")
     return ds
+
+
+def _load_table(path: str):
+    """MGSM's raw TSV (two columns, no header) or a TSV/CSV with a header naming the columns."""
+    import csv
+
+    import datasets
+    delim = "\t" if path.endswith(".tsv") else ","
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter=delim))
+    if rows and "question" in rows[0]:
+        head, rows = rows[0], rows[1:]
+    else:
+        head = ["question", "answer_number"]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) != len(head)]
+    if bad:
+        raise ValueError(f"{path}: line(s) {bad[:5]} do not have {len(head)} columns ({head})")
+    data = {h: [r[i] for r in rows] for i, h in enumerate(head)}
+    if "answer_number" in data:
+        data["answer_number"] = [_num(v, path) for v in data["answer_number"]]
+    return datasets.Dataset.from_dict(data)
+
+
+def _num(v: str, where: str):
+    try:
+        x = float(str(v).replace(",", ""))
+    except ValueError:
+        raise ValueError(f"{where}: answer_number {v!r} is not a number") from None
+    return int(x) if x.is_integer() else x
+
+
+def _gsm8k_number(answer: str, where: str):
+    if "####" not in str(answer):
+        raise ValueError(f"{where}: no `answer_number` column and the `answer` has no '#### N' line: {answer!r:.80}")
+    return _num(str(answer).split("####")[-1].strip(), where)
+
+
+def load_rows(source: str, split: str = "test", config: str = "ja", limit: int = None, seed: int = 0) -> list:
+    """Rows of a data set; with `limit`, a seeded random subset of that size (in data order)."""
+    import numpy as np
+    rows = list(load_mgsm(source, split, config))
+    if limit and limit < len(rows):
+        keep = sorted(np.random.RandomState(seed).choice(len(rows), limit, replace=False))
+        rows = [rows[i] for i in keep]
+    return rows
 
 
 _OFFICIAL = re.compile(r"\d+")
@@ -76,3 +134,14 @@ def evaluate(model, tokenizer, rows, *, max_new_tokens: int = 96, batch_size: in
     return {"accuracy": 100 * sum(i["correct"] for i in items) / n,
             "number_correct": 100 * sum(i["number_correct"] for i in items) / n,
             "lang_rate": 100 * sum(i["in_lang"] for i in items) / n, "items": items}
+
+
+def answer_baselines(fit_rows, test_rows) -> dict:
+    """What a model that ignores the question scores: always the most common fitness answer
+    (constant), and a uniform guess over the test answers' range (chance), x100."""
+    import collections
+    mode = collections.Counter(r["answer_number"] for r in fit_rows).most_common(1)[0][0]
+    rate = lambda rows: 100 * sum(r["answer_number"] == mode for r in rows) / max(len(rows), 1)
+    answers = [r["answer_number"] for r in test_rows]
+    return {"constant_answer": mode, "constant": rate(test_rows), "constant_fitness": rate(fit_rows),
+            "chance": 100 / (max(answers) - min(answers) + 1)}

@@ -7,7 +7,6 @@ The search (CMA-ES over DARE-TIES weights and densities) reads the fitness split
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import time
 from pathlib import Path
@@ -16,17 +15,10 @@ import numpy as np
 import torch
 
 from ..inmemory import InMemoryMerger
+from ..search.run import untuned
 from ..tasks import mgsm
 
 SOURCES = ("ja", "math-a", "math-b")
-
-
-def untuned(names) -> dict:
-    """The untuned merges every table reports: label -> (method, per-model parameters)."""
-    ones = "/".join("1" for _ in names)
-    return {f"task arithmetic {ones}": ("task_arithmetic", {n: {"weight": 1.0} for n in names}),
-            "TIES d=0.5": ("ties", {n: {"weight": 1.0, "density": 0.5} for n in names}),
-            "DARE-TIES d=0.5": ("dare_ties", {n: {"weight": 1.0, "density": 0.5} for n in names})}
 
 
 def load_world(world: Path, device="cpu"):
@@ -71,15 +63,6 @@ def read_rows(path: Path):
     return list(mgsm.load_mgsm(str(path)))
 
 
-def baselines(fit_rows, test_rows) -> dict:
-    """Constant answer (the most common fitness answer) and chance (uniform over the test answer range)."""
-    mode = collections.Counter(r["answer_number"] for r in fit_rows).most_common(1)[0][0]
-    const = 100 * np.mean([r["answer_number"] == mode for r in test_rows])
-    answers = [r["answer_number"] for r in test_rows]
-    chance = 100 / (max(answers) - min(answers) + 1)
-    return {"constant": (const, mode), "chance": chance}
-
-
 def evaluate(model, tok, rows):
     r = mgsm.evaluate(model, tok, rows, max_new_tokens=64, batch_size=128)
     return {k: round(v, 1) for k, v in r.items() if k != "items"}, r["items"]
@@ -93,7 +76,7 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
     test = read_rows(world / "data" / target / "test.jsonl")
     rng = np.random.RandomState(seed)
     fit_sub = [fit[i] for i in sorted(rng.choice(len(fit), min(fitness_items, len(fit)), replace=False))]
-    res = {"target": target, "rows": {}, "baselines": baselines(fit, test), "examples": {},
+    res = {"target": target, "rows": {}, "baselines": mgsm.answer_baselines(fit, test), "examples": {},
            "task_vectors": task_vector_stats(sd)}
     log(f"task vectors: {res['task_vectors']}")
 
@@ -106,8 +89,8 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
         model.load_state_dict(sd[name])
         record(name, model)
     merger = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES}, device)
-    for label, (method, per) in untuned(SOURCES).items():
-        record(label, merger.merge(method, {}, per, seed=seed))
+    for label, (method, g, per) in untuned(SOURCES).items():
+        record(label, merger.merge(method, g, per, seed=seed))
     for label, (method, g, per) in recorded_recipes(world, target).items():
         record(label, merger.merge(method, g, per, seed=seed))
 
@@ -210,8 +193,8 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     log(f"{'constant answer':<28}{res['rows']['constant answer']}  ({const})")
     merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, "ja": {"weight": 1.0}})
     record("ja language tower")
-    for label, (method, per) in untuned(("vlm-en", "ja")).items():
-        merger.merge(method, {}, per, seed=seed)
+    for label, (method, g, per) in untuned(("vlm-en", "ja")).items():
+        merger.merge(method, g, per, seed=seed)
         record(label)
 
     def fitness(per, n):
@@ -234,7 +217,7 @@ def table(res) -> str:
              f"{'model':<28}{'accuracy':>9}{'number ok':>11}{'language ok':>13}"]
     for label, r in res["rows"].items():
         lines.append(f"{label:<28}{r['accuracy']:>9.1f}{r['number_correct']:>11.1f}{r['lang_rate']:>13.1f}")
-    lines.append(f"{'constant answer (' + str(b['constant'][1]) + ')':<28}{b['constant'][0]:>9.1f}")
+    lines.append(f"{'constant answer (' + str(b['constant_answer']) + ')':<28}{b['constant']:>9.1f}")
     lines.append(f"{'chance':<28}{b['chance']:>9.1f}")
     return "\n".join(lines)
 

@@ -1,0 +1,213 @@
+"""A run's configuration (RUN.yaml) as plain data, validated with errors that name the field.
+
+Relative paths in a config are read relative to the config file's folder; hub ids stay as given.
+`resolved()` is what a run folder stores as `config.yaml` and what `--resume` compares against.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..merge.methods import METHODS
+from .optimizer import OPTIMIZERS
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIGS / "world-ja-math.yaml"
+
+
+class ConfigError(ValueError):
+    """A run config is malformed; the message names the file and the field at fault."""
+
+
+# every field with its default; None = required (or no value)
+DEFAULTS: dict = {
+    "name": None,
+    "seed": 0,
+    "device": "cpu",
+    "base_model": None,
+    "models": None,                 # list of model refs, or of {model: ref, name: label}
+    "tokenizer": None,              # model ref whose tokenizer the task uses (default: base_model)
+    "dtype": "float32",             # sources held and candidates computed in this dtype during the search
+    "out_dtype": "bfloat16",        # dtype of the exported best model
+    "search": {
+        "space": "ps",
+        "method": "dare_ties",
+        "fixed": {},                # method parameters not searched (e.g. normalize, lambda)
+        "params": {"weight": {"low": 0.0, "high": 1.0, "init": 0.5},
+                   "density": {"low": 0.0, "high": 1.0, "init": 0.5}},
+        "layer_groups": 1,
+        "optimizer": "cma",
+        "sigma": 1 / 6,
+        "popsize": 8,
+        "budget": 64,
+    },
+    "task": {
+        "name": "ja-math",
+        "fitness": {"data": None, "split": "test", "config": "ja", "limit": None},
+        "test": {"data": None, "split": "test", "config": "ja", "limit": None},
+        "max_new_tokens": 512,
+        "batch_size": 64,
+        "official_extraction": False,
+    },
+    "report": {"baselines": True, "sources": True},
+}
+
+SPACES = ("ps",)
+TASKS = ("ja-math",)
+
+
+def _merge(defaults: dict, given: Any, where: str, origin: str) -> dict:
+    if not isinstance(given, dict):
+        raise ConfigError(f"{origin}: `{where or 'the config'}` must be a mapping, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown field(s) {', '.join(f'`{_j(where, u)}`' for u in unknown)}; "
+                          f"known: {', '.join(sorted(defaults))}")
+    out = copy.deepcopy(defaults)
+    for k, v in given.items():
+        d = defaults[k]
+        if isinstance(d, dict) and k not in ("fixed", "params"):
+            out[k] = _merge(d, v if v is not None else {}, _j(where, k), origin)
+        else:
+            out[k] = v
+    return out
+
+
+def _j(a: str, b: str) -> str:
+    return f"{a}.{b}" if a else b
+
+
+def _path(ref, base: Path):
+    """A local path relative to the config's folder becomes absolute; hub ids stay as they are."""
+    if ref is None:
+        return None
+    p = Path(str(ref)).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if (base / p).exists() or str(ref).startswith("."):
+        return str((base / p).resolve())
+    return str(ref)
+
+
+def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")) -> dict:
+    """Fill defaults, check every field, and make local paths absolute. Returns the resolved config."""
+    if data is None:
+        data = {}
+    cfg = _merge(DEFAULTS, data, "", origin)
+
+    def err(field, msg):
+        raise ConfigError(f"{origin}: `{field}` {msg}")
+
+    def num(field, v, lo=None, hi=None, integer=False):
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
+            kind = "an integer" if integer else "a number"
+            rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
+            err(field, f"must be {kind}{rng}, got {v!r}")
+        return v
+
+    num("seed", cfg["seed"], 0, integer=True)
+    if not isinstance(cfg["device"], str) or not cfg["device"].split(":")[0] in ("cpu", "cuda"):
+        err("device", f"must be 'cpu' or 'cuda[:N]', got {cfg['device']!r}")
+    for f in ("dtype", "out_dtype"):
+        if cfg[f] not in ("float32", "bfloat16", "float16"):
+            err(f, f"must be float32, bfloat16 or float16, got {cfg[f]!r}")
+    if not cfg["base_model"] or not isinstance(cfg["base_model"], str):
+        err("base_model", "is required (a local folder or a hub id)")
+    models = cfg["models"]
+    if not isinstance(models, list) or not models:
+        err("models", "must be a non-empty list of models (folders or hub ids)")
+    norm = []
+    for i, m in enumerate(models):
+        if isinstance(m, str):
+            m = {"model": m}
+        if not isinstance(m, dict) or not isinstance(m.get("model"), str) or set(m) - {"model", "name"}:
+            err(f"models[{i}]", f"must be a model ref or {{model: REF, name: LABEL}}, got {m!r}")
+        ref = _path(m["model"], base_dir)
+        norm.append({"model": ref, "name": str(m.get("name") or Path(m["model"]).name)})
+    names = [m["name"] for m in norm]
+    if len(set(names)) != len(names):
+        err("models", f"names must be unique (got {names}); give each a `name:`")
+    cfg["models"] = norm
+    cfg["base_model"] = _path(cfg["base_model"], base_dir)
+    cfg["tokenizer"] = _path(cfg["tokenizer"], base_dir) or cfg["base_model"]
+
+    s = cfg["search"]
+    if s["space"] not in SPACES:
+        err("search.space", f"must be one of {list(SPACES)}, got {s['space']!r}")
+    if s["method"] not in METHODS:
+        err("search.method", f"unknown merge method {s['method']!r}; known: {', '.join(sorted(METHODS))}")
+    method = METHODS[s["method"]]
+    known = {p.name: p for p in method.params}
+    if not isinstance(s["fixed"], dict):
+        err("search.fixed", "must be a mapping of method parameters")
+    if not isinstance(s["params"], dict) or not s["params"]:
+        err("search.params", "must map at least one method parameter to {low, high, init}")
+    for pname in list(s["fixed"]) + list(s["params"]):
+        if pname not in known:
+            where = "search.fixed" if pname in s["fixed"] else "search.params"
+            err(f"{where}.{pname}", f"is not a parameter of {s['method']} (it has: {', '.join(known)})")
+    for pname, b in s["params"].items():
+        field = f"search.params.{pname}"
+        if known[pname].scope not in ("non_base", "input"):
+            err(field, "is a global parameter; only per-model parameters are searched (set it in search.fixed)")
+        if not isinstance(b, dict) or set(b) - {"low", "high", "init"}:
+            err(field, f"must be {{low, high, init}}, got {b!r}")
+        b = {"low": 0.0, "high": 1.0, "init": 0.5, **b}
+        for k in ("low", "high", "init"):
+            num(f"{field}.{k}", b[k])
+        if not b["low"] < b["high"]:
+            err(field, f"needs low < high, got [{b['low']}, {b['high']}]")
+        if not b["low"] <= b["init"] <= b["high"]:
+            err(f"{field}.init", f"must lie in [{b['low']}, {b['high']}], got {b['init']}")
+        s["params"][pname] = {k: float(b[k]) for k in ("low", "high", "init")}
+    num("search.layer_groups", s["layer_groups"], 1, integer=True)
+    if s["optimizer"] not in OPTIMIZERS:
+        err("search.optimizer", f"must be one of {list(OPTIMIZERS)}, got {s['optimizer']!r}")
+    num("search.sigma", s["sigma"], 1e-6, 1.0)
+    num("search.popsize", s["popsize"], 2, integer=True)
+    num("search.budget", s["budget"], 1, integer=True)
+
+    t = cfg["task"]
+    if t["name"] not in TASKS:
+        err("task.name", f"must be one of {list(TASKS)}, got {t['name']!r}")
+    for split in ("fitness", "test"):
+        d = t[split]
+        if not d["data"]:
+            err(f"task.{split}.data", "is required (a local jsonl/parquet/tsv file or a hub id)")
+        d["data"] = _path(d["data"], base_dir)
+        if d["limit"] is not None:
+            num(f"task.{split}.limit", d["limit"], 1, integer=True)
+    num("task.max_new_tokens", t["max_new_tokens"], 1, integer=True)
+    num("task.batch_size", t["batch_size"], 1, integer=True)
+    if not isinstance(t["official_extraction"], bool):
+        err("task.official_extraction", f"must be true or false, got {t['official_extraction']!r}")
+    for k, v in cfg["report"].items():
+        if not isinstance(v, bool):
+            err(f"report.{k}", f"must be true or false, got {v!r}")
+    if cfg["name"] is None:
+        cfg["name"] = Path(origin).stem if origin != "<config>" else "run"
+    return cfg
+
+
+def load_config(path=None) -> dict:
+    """Read RUN.yaml (the miniature world's default experiment when `path` is None)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+    return parse_config(data, str(path), path.resolve().parent)
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,217 @@
+"""The evolution core: search space, config validation, a short run on the miniature world's tiny
+models, failing candidates, and kill -9 + --resume giving exactly the uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from evollm.recipe import load_recipe, parse_recipe
+from evollm.search import config as C
+from evollm.search.space import ParamSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def space(groups=1, n_layers=4):
+    return ParamSpace(["ja", "m"], {"ja": "/x/ja", "m": "/x/m"}, "/x/base", "dare_ties",
+                      {"weight": {"low": 0.0, "high": 2.0, "init": 0.5},
+                       "density": {"low": 0.1, "high": 1.0, "init": 0.5}},
+                      {"normalize": False}, groups, n_layers)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_genome_recipe_round_trip(groups):
+    sp = space(groups)
+    x = np.random.RandomState(0).uniform(0, 1, sp.dim)
+    recipe = parse_recipe(yaml.safe_load(sp.recipe(x).to_yaml()))       # through YAML and back
+    assert np.allclose(sp.genome(recipe), x, atol=1e-5)
+    p = sp.per_model(x)
+    assert p == {n: s.parameters for n, s in zip(sp.names, [s for s in recipe.models])}
+    if groups == 1:
+        assert isinstance(p["ja"]["weight"], float) and 0 <= p["ja"]["weight"] <= 2
+    else:        # one value per layer, constant within a group
+        w = p["m"]["density"]
+        assert len(w) == 4 and len(set(w)) == groups and all(0.1 <= v <= 1 for v in w)
+    assert np.allclose(sp.per_model(sp.initial())["ja"]["density"], 0.5)
+
+
+def test_genome_outside_the_box_is_clipped_and_wrong_length_refused():
+    sp = space()
+    p = sp.per_model([-1, 5, 0.5, 0.5])
+    assert p["ja"]["weight"] == 0.0 and p["m"]["weight"] == 2.0
+    with pytest.raises(ValueError, match="genome"):
+        sp.per_model([0.5] * 3)
+
+
+def cfg_data(**over):
+    d = yaml.safe_load((ROOT / "configs" / "world-ja-math.yaml").read_text())
+    for k, v in over.items():
+        cur = d
+        *path, last = k.split("__")
+        for p in path:
+            cur = cur.setdefault(p, {})
+        cur[last] = v
+    return d
+
+
+@pytest.mark.parametrize("over,field", [
+    ({"search__method": "nope"}, "search.method"),
+    ({"search__params": {"weight": {"low": 1, "high": 0}}}, "search.params.weight"),
+    ({"search__params": {"weight": {"init": 3}}}, "search.params.weight.init"),
+    ({"search__params": {"lambda": {}}}, "search.params.lambda"),
+    ({"search__fixed": {"colour": 1}}, "search.fixed.colour"),
+    ({"search__popsize": 1}, "search.popsize"),
+    ({"search__budget": "many"}, "search.budget"),
+    ({"search__optimizer": "adam"}, "search.optimizer"),
+    ({"task__fitness__data": None}, "task.fitness.data"),
+    ({"task__max_new_tokens": 0}, "task.max_new_tokens"),
+    ({"device": "tpu"}, "device"),
+    ({"models": []}, "models"),
+    ({"models": ["../assets/models/ja", "../x/ja"]}, "models"),
+    ({"colour": "red"}, "colour"),
+    ({"search__colour": "red"}, "search.colour"),
+])
+def test_bad_config_values_name_the_field(over, field):
+    with pytest.raises(C.ConfigError, match=rf"RUN.yaml: .*`{field}`"):
+        C.parse_config(cfg_data(**over), "RUN.yaml", ROOT / "configs")
+
+
+def test_shipped_configs_validate():
+    world = C.load_config()
+    assert Path(world["base_model"]).is_dir() and all(Path(m["model"]).is_dir() for m in world["models"])
+    assert Path(world["task"]["test"]["data"]).is_file()
+    paper = C.load_config(ROOT / "configs" / "paper-ja-math.yaml")
+    assert paper["base_model"] == "mistralai/Mistral-7B-v0.1" and paper["search"]["budget"] == 1000
+    assert [m["name"] for m in paper["models"]] == ["shisa-gamma", "wizardmath", "abel"]
+    assert paper["task"]["test"]["data"] == "juletxara/mgsm" and paper["dtype"] == "bfloat16"
+
+
+def tiny_run_config(budget=12, popsize=4):
+    d = cfg_data(search__budget=budget, search__popsize=popsize)
+    d["task"]["fitness"]["limit"] = 8
+    d["task"]["test"]["limit"] = 8
+    d["task"]["max_new_tokens"] = 40
+    return d
+
+
+def write_config(tmp_path, d) -> Path:
+    for k in ("base_model",):
+        d[k] = str((ROOT / "configs" / d[k]).resolve())
+    d["models"] = [str((ROOT / "configs" / m).resolve()) for m in d["models"]]
+    for s in ("fitness", "test"):
+        d["task"][s]["data"] = str((ROOT / "configs" / d["task"][s]["data"]).resolve())
+    p = tmp_path / "RUN.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_short_run_writes_the_whole_run_folder(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from evollm.search.run import read_candidates, run
+    cfg = C.load_config(write_config(tmp_path, tiny_run_config()))
+    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    out = tmp_path / "run"
+    for f in ("config.yaml", "candidates.jsonl", "checkpoint.pkl", "best/recipe.yaml", "best/model/config.json",
+              "fitness.png", "report.md", "report.json"):
+        assert (out / f).exists(), f
+    recs = read_candidates(out / "candidates.jsonl")
+    assert [r["index"] for r in recs] == list(range(12)) and {r["generation"] for r in recs} == {0, 1, 2}
+    assert all(r["merge_s"] > 0 and r["eval_s"] > 0 and r["error"] is None for r in recs)
+    best = max(recs, key=lambda r: r["score"])
+    assert data["best"]["score"] == best["score"]
+    # the exported recipe is the best genome's, and the exported model scores what the search saw
+    recipe = load_recipe(out / "best" / "recipe.yaml")
+    assert {Path(s.model).name: s.parameters for s in recipe.models} == data["best"]["parameters"]
+    assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == best["score"]
+    assert set(data["rows"]) >= {"ja", "math-a", "math-b", "task arithmetic 1/1/1", "TIES d=0.5", "DARE-TIES d=0.5"}
+    AutoModelForCausalLM.from_pretrained(out / "best" / "model")
+    md = (out / "report.md").read_text()
+    assert "| evolved (best/model) |" in md and "merge" in md and "held-out" in md
+    with pytest.raises(FileExistsError, match="--resume"):       # never over an existing run folder
+        run(cfg, out, progress=False, log=lambda *a: None)
+    other = dict(cfg, seed=1)
+    with pytest.raises(C.ConfigError, match="seed"):
+        run(other, out, resume=True, progress=False, log=lambda *a: None)
+
+
+def test_a_failing_candidate_gets_the_worst_score_and_the_run_goes_on(tmp_path, monkeypatch):
+    import torch
+
+    from evollm.inmemory import InMemoryMerger
+    from evollm.search.run import read_candidates, run
+    calls = {"n": 0}
+    real = InMemoryMerger.merge
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        if calls["n"] == 3:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+            raise ValueError("merged weights contain NaN (simulated)")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(InMemoryMerger, "merge", flaky)
+    d = tiny_run_config(budget=8)
+    d["report"] = {"sources": False, "baselines": False}
+    logs = []
+    run(C.load_config(write_config(tmp_path, d)), tmp_path / "run", progress=False, log=logs.append)
+    recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
+    assert len(recs) == 8 and [r["score"] is None for r in recs[:3]] == [False, True, True]
+    assert "OutOfMemoryError" in recs[1]["error"] and "NaN" in recs[2]["error"]
+    assert any("candidate 1: OutOfMemoryError" in line for line in logs)
+
+
+def test_nan_weights_are_a_candidate_error(tmp_path):
+    d = tiny_run_config(budget=4)
+    d["search"]["params"]["weight"] = {"low": 0.0, "high": 1e300, "init": 0.9}
+    d["report"] = {"sources": False, "baselines": False}
+    from evollm.search.run import run
+    with pytest.raises(RuntimeError, match="every candidate failed"):
+        run(C.load_config(write_config(tmp_path, d)), tmp_path / "run", progress=False, log=lambda *a: None)
+    rec = json.loads((tmp_path / "run" / "candidates.jsonl").read_text().splitlines()[0])
+    assert rec["score"] is None and "NaN or inf" in rec["error"]
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k not in ("merge_s", "eval_s")} for r in records]
+
+
+def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
+    from evollm.search.run import read_candidates
+    d = tiny_run_config(budget=20, popsize=4)
+    d["report"] = {"sources": False, "baselines": False}
+    cfg = write_config(tmp_path, d)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "evollm.cli", "merge", "--config", str(cfg), "--quiet"]
+    subprocess.run(cmd + ["--out", str(tmp_path / "a")], check=True, env=env, capture_output=True)
+
+    b = tmp_path / "b"
+    proc = subprocess.Popen(cmd + ["--out", str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:       # kill in the middle of the third generation, after two checkpoints
+        deadline = time.time() + 300
+        while len(read_candidates(b / "candidates.jsonl")) < 10 and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed = read_candidates(b / "candidates.jsonl")
+    assert 10 <= len(killed) < 20 and not (b / "best").exists()
+    subprocess.run(cmd[:-3] + ["--out", str(b), "--resume", "--quiet"], check=True, env=env, capture_output=True)
+
+    ra, rb = read_candidates(tmp_path / "a" / "candidates.jsonl"), read_candidates(b / "candidates.jsonl")
+    assert len(ra) == 20 and _strip(ra) == _strip(rb)
+    assert (tmp_path / "a" / "best" / "recipe.yaml").read_text() == (b / "best" / "recipe.yaml").read_text()
+    ja, jb = (json.loads((x / "report.json").read_text()) for x in (tmp_path / "a", b))
+    assert ja["history"] == jb["history"] and ja["rows"] == jb["rows"]
