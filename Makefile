@@ -18,9 +18,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The main job on the miniature world (assets/): sources, baselines, untuned merges, a short search.
+# The main job on the miniature world (assets/): `evollm merge` with its default config
+# (configs/world-ja-math.yaml) evolves a recipe into runs/ and prints the report's table.
 demo: install
-	$(BIN)/python -m evollm.world.demo
+	$(BIN)/evollm merge
 
 # Issue 2's toy: every merge method on two tiny fine-tunes trained on the spot.
 toy: install

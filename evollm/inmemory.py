@@ -41,8 +41,8 @@ class InMemoryMerger:
         self.targets = dict(model.named_parameters())
         self.names = list(sources)
         self.tensors = {}
-        prefix, n_layers = decoder_layers(self.targets)
-        self.t = {k: layer_position(k, prefix, n_layers) for k in self.targets}
+        prefix, self.n_layers = decoder_layers(self.targets)
+        self.t = {k: layer_position(k, prefix, self.n_layers) for k in self.targets}
         for k, t in self.targets.items():
             missing = [n for n in self.names if k not in sources[n]]
             if k not in base or missing:

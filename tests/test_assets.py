@@ -119,13 +119,3 @@ def test_recorded_recipe_exports_what_the_report_evaluates(tmp_path):
     (method, g, per), = recorded_recipes(ASSETS, "mgsm-ja").values()
     merged = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES}).merge(method, g, per, seed=0)
     assert all(torch.equal(v, exported[k]) for k, v in merged.state_dict().items())
-
-
-def test_demo_prints_a_valid_recipe():
-    import yaml
-    from evollm.recipe import parse_recipe
-    from evollm.world.demo import recipe_yaml
-    search = {"method": "dare_ties", "normalize": False,
-              "models": {"ja": {"weight": 0.9, "density": 0.5}, "math-a": {"weight": 0.5, "density": 0.8}}}
-    r = parse_recipe(yaml.safe_load(recipe_yaml(ASSETS, search)))
-    assert r.merge_method == "dare_ties" and [s.parameters["weight"] for s in r.models] == [0.9, 0.5]

@@ -215,3 +215,17 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
     assert (tmp_path / "a" / "best" / "recipe.yaml").read_text() == (b / "best" / "recipe.yaml").read_text()
     ja, jb = (json.loads((x / "report.json").read_text()) for x in (tmp_path / "a", b))
     assert ja["history"] == jb["history"] and ja["rows"] == jb["rows"]
+
+
+def test_a_source_of_another_shape_is_refused_by_name(tmp_path):
+    from tiny import save_model
+
+    from evollm.search.evaluate import read_state
+    save_model(tmp_path / "base")
+    save_model(tmp_path / "wide", vocab_size=97)
+    shapes = {k: tuple(v.shape) for k, v in read_state(str(tmp_path / "base"), {
+        "model.embed_tokens.weight": (96, 32)}).items()}
+    with pytest.raises(ValueError, match=r"wide.*model.embed_tokens.weight.*\(97, 32\)"):
+        read_state(str(tmp_path / "wide"), shapes)
+    with pytest.raises(ValueError, match=r"base.*missing.*no.such"):
+        read_state(str(tmp_path / "base"), {"no.such": (1,)})

@@ -26,15 +26,16 @@ def test_cma_search_is_seeded_bounded_and_finds_the_optimum():
         assert abs(p["weight"] - 1.2) < 0.15 and abs(p["density"] - 0.3) < 0.1
 
 
-def test_cma_search_over_layer_gradients():
+def test_cma_search_over_layer_groups():
     seen = []
 
     def score(per, n):
         seen.append(per)
         w = per["x"]["weight"]
-        return -((w[0] - 0.2) ** 2 + (w[1] - 0.9) ** 2)
+        return -((w[0] - 0.2) ** 2 + (w[3] - 0.9) ** 2)
 
-    best, per = report.cma_search(score, ["x"], budget=64, seed=0, layer_points=2, log=lambda *_: None)
-    assert all(isinstance(p["x"]["weight"], list) and len(p["x"]["weight"]) == 2 for p in seen)
+    best, per = report.cma_search(score, ["x"], budget=64, seed=0, layer_groups=2, n_layers=4, log=lambda *_: None)
+    assert all(isinstance(p["x"]["weight"], list) and len(p["x"]["weight"]) == 4 for p in seen)
+    assert all(w[0] == w[1] and w[2] == w[3] for p in seen for w in [p["x"]["weight"]])
     assert all(0 <= v <= 1 for p in seen for v in p["x"]["weight"])          # the default bound: [0, 1]
-    assert abs(per["x"]["weight"][0] - 0.2) < 0.1 and abs(per["x"]["weight"][1] - 0.9) < 0.1
+    assert abs(per["x"]["weight"][0] - 0.2) < 0.1 and abs(per["x"]["weight"][2] - 0.9) < 0.1

@@ -11,17 +11,21 @@ import torch
 from ..checkpoint import Checkpoint, dtype_from_name
 from ..hub import resolve_model
 from ..inmemory import InMemoryMerger
-from ..merger import decoder_layers
 from ..tasks import mgsm
 
 
-def read_state(ref: str, names) -> dict:
+def read_state(ref: str, shapes: dict) -> dict:
+    """The tensors named in `shapes` (name -> shape, the model instance's) from a model folder or hub id."""
     ck = Checkpoint(resolve_model(ref), name=ref)
-    missing = [n for n in names if n not in ck]
+    missing = [n for n in shapes if n not in ck]
     if missing:
-        raise KeyError(f"model {ref}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''} "
-                       "that the base model has (not a fine-tune of the same base?)")
-    return {n: ck.get(n) for n in names}
+        raise ValueError(f"model {ref}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''} "
+                         "that the base model has (not a fine-tune of the same base?)")
+    for n, shape in shapes.items():
+        if tuple(ck.shape(n)) != tuple(shape):
+            raise ValueError(f"model {ref}: tensor {n} has shape {tuple(ck.shape(n))}, the base model's is "
+                             f"{tuple(shape)} (a different vocabulary or architecture)")
+    return {n: ck.get(n) for n in shapes}
 
 
 class Workbench:
@@ -39,11 +43,11 @@ class Workbench:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
-        names = [k for k, _ in self.model.named_parameters()]
-        self.base = read_state(cfg["base_model"], names)
-        self.sources = {m["name"]: read_state(m["model"], names) for m in cfg["models"]}
+        self.shapes = {k: tuple(p.shape) for k, p in self.model.named_parameters()}
+        self.base = read_state(cfg["base_model"], self.shapes)
+        self.sources = {m["name"]: read_state(m["model"], self.shapes) for m in cfg["models"]}
         self.merger = InMemoryMerger(self.model, self.base, self.sources, device, store_dtype=dtype)
-        self.n_layers = decoder_layers(names)[1]
+        self.n_layers = self.merger.n_layers
         self.seed = cfg["seed"]
         t = cfg["task"]
         self.gen = dict(max_new_tokens=t["max_new_tokens"], batch_size=t["batch_size"],

@@ -191,8 +191,7 @@ def evaluate_rows(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, test
             models[label] = lambda m=method, g=fixed, p=per: bench.merge(m, g, p)
         models[f"{s['method']} at the initial point"] = lambda: bench.merge(s["method"], s["fixed"],
                                                                             space.per_model(space.initial()))
-    param_names = [k for k, _ in bench.model.named_parameters()]
-    models["evolved (best/model)"] = lambda: bench.load(read_state(str(out / "best" / "model"), param_names))
+    models["evolved (best/model)"] = lambda: bench.load(read_state(str(out / "best" / "model"), bench.shapes))
     rows = {}
     for label, make in models.items():
         model = make()

@@ -69,7 +69,7 @@ def evaluate(model, tok, rows):
 
 
 def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: int = 200, seed: int = 0,
-        device: str = "cpu", layer_points: int = 1, weight_max: float = 1.0, log=lambda *a: print(*a, flush=True)) -> dict:
+        device: str = "cpu", layer_groups: int = 1, weight_max: float = 1.0, log=lambda *a: print(*a, flush=True)) -> dict:
     """Evaluate sources, baselines, untuned merges and a CMA-ES-searched DARE-TIES on `target`'s test split."""
     tok, sd, model = load_world(world, device)
     fit = read_rows(world / "data" / target / "fitness.jsonl")
@@ -99,10 +99,10 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
         return mgsm.evaluate(model, tok, fit_sub, max_new_tokens=64, batch_size=128)["accuracy"]
 
     t0 = time.time()
-    acc, per = cma_search(fitness, list(SOURCES), budget=budget, seed=seed, layer_points=layer_points,
-                          weight_max=weight_max, log=log)
+    acc, per = cma_search(fitness, list(SOURCES), budget=budget, seed=seed, layer_groups=layer_groups,
+                          n_layers=merger.n_layers, weight_max=weight_max, log=log)
     res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_accuracy": acc,
-                     "layer_points": layer_points, "weight_max": weight_max, "budget": budget, "fitness_items": len(fit_sub), "seconds": round(time.time() - t0)}
+                     "layer_groups": layer_groups, "weight_max": weight_max, "budget": budget, "fitness_items": len(fit_sub), "seconds": round(time.time() - t0)}
     record("searched DARE-TIES", merger.merge("dare_ties", {"normalize": False}, per, seed=seed))
     return res
 
@@ -117,39 +117,30 @@ class LanguageTower(torch.nn.Module):
         self.lm_head = vlm.lm_head
 
 
-def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, layer_points=1, weight_max=1.0, log=print):
-    """CMA-ES (initial 0.5, sigma 1/6, as the paper) over weight in [0, weight_max] and density in [0.05, 1] per
-    model; maximises `evaluate_fn(per_model_params, candidate_index)`. Returns (best score, params).
-
-    With `layer_points` > 1 each weight is a gradient over the decoder layers (a list of that many
-    values, as a recipe writes it; tensors outside the layers take the first value)."""
-    import cma
-    k, L = len(names), layer_points
-    lo = np.array([0.0] * (k * L) + [0.05] * k)
-    hi = np.array([weight_max] * (k * L) + [1.0] * k)
-
-    def decode(x):
-        v = lo + (hi - lo) * np.clip(x, 0, 1)
-        w = lambda i: round(float(v[i]), 4)
-        return {n: {"weight": w(i * L) if L == 1 else [w(i * L + j) for j in range(L)],
-                    "density": w(k * L + i)} for i, n in enumerate(names)}
-
-    es = cma.CMAEvolutionStrategy([0.5] * len(lo), 1 / 6, {
-        "popsize": popsize, "seed": seed + 1, "randn": np.random.RandomState(seed).randn,
-        "bounds": [0, 1], "verbose": -9})
+def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, layer_groups=1, n_layers=1, weight_max=1.0,
+               log=print):
+    """The core's CMA-ES and parameter space (initial point the box centre, sigma 1/6, as the paper)
+    over DARE-TIES weight in [0, weight_max] and density in [0.05, 1] per model (and per layer group);
+    maximises `evaluate_fn(per_model_params, candidate_index)`. Returns (best score, params)."""
+    from ..search.optimizer import CMA
+    from ..search.space import ParamSpace
+    sp = ParamSpace(names, {n: n for n in names}, "base", "dare_ties",
+                    {"weight": {"low": 0.0, "high": weight_max, "init": weight_max / 2},
+                     "density": {"low": 0.05, "high": 1.0, "init": 0.525}}, {}, layer_groups, n_layers)
+    opt = CMA(sp.initial(), 1 / 6, popsize, seed)
     best, n = (-1.0, None), 0
     while n < budget:
-        xs = es.ask()
-        fits = []
+        xs = opt.ask()[:budget - n]
+        scores = []
         for x in xs:
-            per = decode(x)
-            score = evaluate_fn(per, n)
-            fits.append(-score)
-            if score > best[0]:
-                best = (score, per)
+            per = sp.per_model(x)
+            scores.append(evaluate_fn(per, n))
+            if scores[-1] > best[0]:
+                best = (scores[-1], per)
             n += 1
-        es.tell(xs, fits)
-        log(f"  search {n}/{budget}: generation best {-min(fits):.1f}, overall best {best[0]:.1f}")
+        if len(xs) == popsize:
+            opt.tell(xs, scores)
+        log(f"  search {n}/{budget}: generation best {max(scores):.1f}, overall best {best[0]:.1f}")
     return best
 
 
@@ -239,7 +230,7 @@ def main(argv=None):
     ap.add_argument("--fitness-items", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weight-max", type=float, default=1.0, help="upper bound of each searched weight")
-    ap.add_argument("--layer-points", type=int, default=1,
+    ap.add_argument("--layer-groups", type=int, default=1,
                     help="search each weight as a gradient of this many values over the layers")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="write the numbers as JSON here")
@@ -248,7 +239,7 @@ def main(argv=None):
         res = run_vqa(Path(args.world), args.budget, args.fitness_items, args.seed, args.device, args.weight_max)
     else:
         res = run(Path(args.world), args.target, args.budget, args.fitness_items, args.seed, args.device,
-                  args.layer_points, args.weight_max)
+                  args.layer_groups, args.weight_max)
         print(table(res))
     print("searched recipe:", json.dumps(res["search"], ensure_ascii=False))
     if args.out:
