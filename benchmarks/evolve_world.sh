@@ -14,7 +14,7 @@ cp "$out/fitness.png" "$dest.png"
 {
   echo "# evollm merge on the miniature world ($label)"
   echo
-  echo "Command: \`benchmarks/evolve_world.sh $label $*\` (run folder $out). Wall time end to end: $secs s."
+  echo "Command: \`benchmarks/evolve_world.sh $label${*:+ $*}\` (run folder $out). Wall time end to end: $secs s."
   tail -n +2 "$out/report.md" | sed "s#(fitness.png)#($(basename "$dest").png)#"
 } > "$dest.md"
 echo "wrote $dest.md ($secs s)"

@@ -229,3 +229,18 @@ def test_a_source_of_another_shape_is_refused_by_name(tmp_path):
         read_state(str(tmp_path / "wide"), shapes)
     with pytest.raises(ValueError, match=r"base.*missing.*no.such"):
         read_state(str(tmp_path / "base"), {"no.such": (1,)})
+
+
+def test_init_from_a_recipe_starts_the_search_there(tmp_path):
+    from evollm.search.run import make_space
+    d = cfg_data()
+    d["search"]["init_from"] = "../assets/recipes/mgsm-ja-searched.yaml"
+    d["search"]["layer_groups"] = 2
+    cfg = C.parse_config(d, "RUN.yaml", ROOT / "configs")
+    sp = make_space(cfg, 4)
+    x0 = sp.genome(load_recipe(cfg["search"]["init_from"]))
+    per = sp.per_model(x0)
+    assert per["ja"]["weight"] == [0.9149] * 4 and per["math-b"]["density"] == [0.2368] * 4
+    d["search"]["init_from"] = "nope.yaml"
+    with pytest.raises(C.ConfigError, match="search.init_from"):
+        C.parse_config(d, "RUN.yaml", ROOT / "configs")

@@ -41,6 +41,7 @@ DEFAULTS: dict = {
         "params": {"weight": {"low": 0.0, "high": 1.0, "init": 0.5},
                    "density": {"low": 0.0, "high": 1.0, "init": 0.5}},
         "layer_groups": 1,
+        "init_from": None,          # a recipe (e.g. an earlier run's best/recipe.yaml) as the initial point
         "optimizer": "cma",
         "sigma": 1 / 6,
         "popsize": 8,
@@ -167,6 +168,10 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
             err(f"{field}.init", f"must lie in [{b['low']}, {b['high']}], got {b['init']}")
         s["params"][pname] = {k: float(b[k]) for k in ("low", "high", "init")}
     num("search.layer_groups", s["layer_groups"], 1, integer=True)
+    if s["init_from"] is not None:
+        s["init_from"] = _path(s["init_from"], base_dir)
+        if not Path(s["init_from"]).is_file():
+            err("search.init_from", f"must be a recipe file, {s['init_from']} is not one")
     if s["optimizer"] not in OPTIMIZERS:
         err("search.optimizer", f"must be one of {list(OPTIMIZERS)}, got {s['optimizer']!r}")
     num("search.sigma", s["sigma"], 1e-6, 1.0)

@@ -94,8 +94,12 @@ def search(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, progress=Tr
         with open(ckpt, "rb") as f:
             state = pickle.load(f)
     else:
+        x0 = space.initial()
+        if s["init_from"]:
+            from ..recipe import load_recipe
+            x0 = np.clip(space.genome(load_recipe(s["init_from"])), 0.0, 1.0)
         state = {"generation": 0, "evaluated": 0, "history": [],
-                 "optimizer": optim.make(s["optimizer"], space.initial(), s["sigma"], s["popsize"], cfg["seed"])}
+                 "optimizer": optim.make(s["optimizer"], x0, s["sigma"], s["popsize"], cfg["seed"])}
     logged = read_candidates(cand_path)
     # keep the checkpointed candidates and those of the interrupted generation (reused below)
     _write_atomic(cand_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in logged).encode())

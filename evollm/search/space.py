@@ -9,6 +9,7 @@ decoder layers (embeddings, final norm, head) take the first group's value.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
@@ -72,12 +73,14 @@ class ParamSpace:
         if recipe.merge_method != self.method:
             raise RecipeError(f"{recipe.origin}: merge_method {recipe.merge_method!r}, the space searches {self.method!r}")
         by_ref = {s.model: s.parameters for s in recipe.models or []}
+        by_name = {Path(s.model).name: s.parameters for s in recipe.models or []}   # relative paths, copies
         x = np.empty(self.dim)
         for m, n in enumerate(self.names):
-            if self.refs[n] not in by_ref:
+            params = by_ref.get(self.refs[n], by_name.get(Path(self.refs[n]).name))
+            if params is None:
                 raise RecipeError(f"{recipe.origin}: model {self.refs[n]} ({n}) is not in the recipe")
             for p, (pname, b) in enumerate(self.params.items()):
-                v = by_ref[self.refs[n]].get(pname)
+                v = params.get(pname)
                 if v is None:
                     raise RecipeError(f"{recipe.origin}: model {n} has no `{pname}`")
                 vals = v if isinstance(v, list) else [v] * self.n_layers
