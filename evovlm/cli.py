@@ -7,23 +7,30 @@ import math
 import sys
 
 from evollm import __version__
-
-#: name fragments of the parts of a LLaVA-style checkpoint that are not the language tower
-VISION_KEYS = ("vision_tower", "visual", "vision_model")
-PROJECTOR_KEYS = ("multi_modal_projector", "mm_projector", "image_newline")
-
+from evollm.cli import parse_size
 
 def split_parts(names):
     """Group tensor names into vision tower, projector and language tower."""
+    from .model import part
     parts = {"vision tower": [], "projector": [], "language tower": []}
     for n in names:
-        if any(k in n for k in VISION_KEYS):
-            parts["vision tower"].append(n)
-        elif any(k in n for k in PROJECTOR_KEYS):
-            parts["projector"].append(n)
-        else:
-            parts["language tower"].append(n)
+        parts[part(n)].append(n)
     return parts
+
+
+def cmd_merge(args) -> int:
+    if not args.recipe:
+        raise ValueError("evovlm merge needs --recipe (evolution with --config is not implemented yet)")
+    if not args.out:
+        raise ValueError("--recipe needs --out (the output folder)")
+    from evollm.recipe import load_recipe
+    from .merge import merge_vlm
+    recipe = load_recipe(args.recipe)
+    s = merge_vlm(recipe, args.out, device=args.device, seed=args.seed, force=args.force,
+                  allow_pickle=args.allow_pickle, shard_bytes=args.shard_size)
+    print(f"merged {s['merged']} language-tower tensors of {s['vlm']} ({s['tensors']} tensors in all, the rest "
+          f"copied) with {recipe.merge_method} in {s['seconds']:.1f} s -> {s['out']}")
+    return 0
 
 
 def cmd_inspect(args) -> int:
@@ -47,9 +54,19 @@ def main(argv=None) -> int:
     i = sub.add_parser("inspect", help="show the vision tower / projector / language tower of a checkpoint")
     i.add_argument("--model", required=True)
     i.add_argument("--allow-pickle", action="store_true")
+    m = sub.add_parser("merge", help="merge a VLM's language tower with causal LMs from a mergekit-style recipe",
+                       description="A recipe whose models (and base_model) name one LLaVA-style VLM beside causal "
+                       "LMs: the output is the VLM with its language tower merged, everything else as read.")
+    m.add_argument("--recipe", help="mergekit-style YAML recipe")
+    m.add_argument("--out", help="output folder (written atomically; never over an existing one without --force)")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--seed", type=int, default=0, help="seed of the random masks (DARE, DELLA)")
+    m.add_argument("--force", action="store_true")
+    m.add_argument("--allow-pickle", action="store_true")
+    m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"))
     args = ap.parse_args(argv)
     try:
-        return {"inspect": cmd_inspect}[args.command](args)
+        return {"inspect": cmd_inspect, "merge": cmd_merge}[args.command](args)
     except (ValueError, OSError) as e:
         print(f"evovlm: error: {e}", file=sys.stderr)
         return 2
