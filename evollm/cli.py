@@ -70,18 +70,18 @@ def cmd_merge(args) -> int:
     return cmd_evolve(args)
 
 
-def cmd_evolve(args) -> int:
+def cmd_evolve(args, default_config=None, bench_class=None) -> int:
+    """An evolution run (shared by `evovlm merge --config`, which passes its config and Workbench)."""
     import time
-    from pathlib import Path
 
     from .search.config import load_config
     from .search.report import table
     from .search.run import run
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run folder to continue)")
-    cfg = load_config(args.config) if (args.config or not args.resume) else None
+    cfg = load_config(args.config or default_config) if (args.config or not args.resume) else None
     out = Path(args.out) if args.out else Path("runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data = run(cfg, out, resume=args.resume, progress=not args.quiet)
+    data = run(cfg, out, resume=args.resume, progress=not args.quiet, bench_class=bench_class)
     print()
     print(table(data))
     print(f"\nrun folder: {out} (report.md, best/recipe.yaml, best/model/)")

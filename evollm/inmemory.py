@@ -30,15 +30,17 @@ def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[
 
 
 class InMemoryMerger:
-    """Merge `sources` (name -> state dict) onto `base` (state dict) into `model`'s parameters.
+    """Merge `sources` (name -> state dict) onto `base` (state dict) into `model`'s parameters, or
+    into `targets` (name -> tensor, e.g. views of some of a larger model's parameters) when given.
 
     Inputs are held on `device` in `store_dtype` (bfloat16 halves the memory of 7B sources; lossless
     for sources saved in bfloat16) and each tensor is merged in float32, as `evollm merge` does."""
 
     def __init__(self, model: torch.nn.Module, base: Dict[str, torch.Tensor],
-                 sources: Dict[str, Dict[str, torch.Tensor]], device="cpu", store_dtype=torch.float32):
+                 sources: Dict[str, Dict[str, torch.Tensor]], device="cpu", store_dtype=torch.float32,
+                 targets: Dict[str, torch.Tensor] = None):
         self.model, self.device = model.to(device), device
-        self.targets = dict(model.named_parameters())
+        self.targets = dict(model.named_parameters()) if targets is None else dict(targets)
         self.names = list(sources)
         self.tensors = {}
         prefix, self.n_layers = decoder_layers(self.targets)

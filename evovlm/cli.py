@@ -20,7 +20,12 @@ def split_parts(names):
 
 def cmd_merge(args) -> int:
     if not args.recipe:
-        raise ValueError("evovlm merge needs --recipe (evolution with --config is not implemented yet)")
+        from evollm.cli import cmd_evolve
+        from evollm.search.config import CONFIGS
+        from .search import VlmWorkbench
+        return cmd_evolve(args, CONFIGS / "world-vqa.yaml", VlmWorkbench)
+    if args.config or args.resume:
+        raise ValueError("--recipe merges once; --config/--resume belong to an evolution run")
     if not args.out:
         raise ValueError("--recipe needs --out (the output folder)")
     from evollm.recipe import load_recipe
@@ -47,6 +52,23 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_bench, table, write_json
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    data = {}
+    for d in args.data:
+        task, sep, path = d.partition("=")
+        if not sep:
+            raise ValueError(f"--data {d!r}: expected TASK=PATH (e.g. ja-vg-vqa-500=./jvg/)")
+        data[task] = path
+    res = run_bench(args.model, tasks, data, args.limit, args.device, args.batch_size)
+    print()
+    print(table(res, tasks))
+    if args.json:
+        write_json(res, args.json)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="evovlm", description="Evolutionary merging of LLaVA-style VLMs.")
     ap.add_argument("--version", action="version", version=f"evovlm {__version__}")
@@ -54,20 +76,39 @@ def main(argv=None) -> int:
     i = sub.add_parser("inspect", help="show the vision tower / projector / language tower of a checkpoint")
     i.add_argument("--model", required=True)
     i.add_argument("--allow-pickle", action="store_true")
-    m = sub.add_parser("merge", help="merge a VLM's language tower with causal LMs from a mergekit-style recipe",
-                       description="A recipe whose models (and base_model) name one LLaVA-style VLM beside causal "
-                       "LMs: the output is the VLM with its language tower merged, everything else as read.")
-    m.add_argument("--recipe", help="mergekit-style YAML recipe")
-    m.add_argument("--out", help="output folder (written atomically; never over an existing one without --force)")
+    m = sub.add_parser("merge", help="evolve a VLM merge (--config) or merge from a recipe (--recipe)",
+                       description="With --recipe: a recipe whose models (and base_model) name one LLaVA-style VLM "
+                       "beside causal LMs; the output is the VLM with its language tower merged, everything else as "
+                       "read. Otherwise: evolve such a recipe as RUN.yaml says (no --config: the miniature world's "
+                       "VLM experiment, configs/world-vqa.yaml) into a run folder, as `evollm merge --config`.")
+    m.add_argument("--recipe", help="mergekit-style YAML recipe: merge once, no search")
+    m.add_argument("--config", help="run config (RUN.yaml) of an evolution run")
+    m.add_argument("--resume", action="store_true", help="continue the run folder given by --out")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.add_argument("--out", help="output folder (--recipe; written atomically, never over an existing one "
+                   "without --force) or run folder (default runs/NAME-TIMESTAMP)")
     m.add_argument("--device", default="cpu")
     m.add_argument("--seed", type=int, default=0, help="seed of the random masks (DARE, DELLA)")
     m.add_argument("--force", action="store_true")
     m.add_argument("--allow-pickle", action="store_true")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"))
+    b = sub.add_parser("bench", help="the Japanese VLM benchmark suite, models side by side",
+                       description="Score VLMs on Japanese VQA benchmarks: ROUGE-L on MeCab words, without and with "
+                       "the language rule. Real benchmarks use the official generation settings.")
+    b.add_argument("--model", action="append", required=True, help="VLM folder or hub id (repeat for a side-by-side table)")
+    b.add_argument("--tasks", default="world-vqa,world-culture",
+                   help="comma-separated, from ja-vg-vqa-500, ja-vlm-wild (hub ids, or --data), world-vqa, "
+                   "world-culture (the miniature world's copies); default: %(default)s")
+    b.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="a local copy (parquet file or folder) of a task's data")
+    b.add_argument("--limit", type=int, help="only the first N items of each task")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--json", help="write scores and every prediction here")
     args = ap.parse_args(argv)
     try:
-        return {"inspect": cmd_inspect, "merge": cmd_merge}[args.command](args)
-    except (ValueError, OSError) as e:
+        return {"inspect": cmd_inspect, "merge": cmd_merge, "bench": cmd_bench}[args.command](args)
+    except (ValueError, KeyError, FileExistsError, OSError) as e:
         print(f"evovlm: error: {e}", file=sys.stderr)
         return 2
 

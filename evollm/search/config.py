@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..merge.methods import METHODS
+from ..tasks import TASKS
 from .optimizer import OPTIMIZERS
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -59,7 +60,6 @@ DEFAULTS: dict = {
 }
 
 SPACES = ("ps",)
-TASKS = ("ja-math",)
 
 
 def _merge(defaults: dict, given: Any, where: str, origin: str) -> dict:

@@ -11,12 +11,12 @@ import torch
 from ..checkpoint import Checkpoint, dtype_from_name
 from ..hub import resolve_model
 from ..inmemory import InMemoryMerger
-from ..tasks import mgsm
 
 
-def read_state(ref: str, shapes: dict) -> dict:
-    """The tensors named in `shapes` (name -> shape, the model instance's) from a model folder or hub id."""
-    ck = Checkpoint(resolve_model(ref), name=ref)
+def read_state(ref: str, shapes: dict, ckpt=None) -> dict:
+    """The tensors named in `shapes` (name -> shape, the model instance's) from a model folder or hub id
+    (or from `ckpt`, a Checkpoint look-alike for `ref`)."""
+    ck = ckpt if ckpt is not None else Checkpoint(resolve_model(ref), name=ref)
     missing = [n for n in shapes if n not in ck]
     if missing:
         raise ValueError(f"model {ref}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''} "
@@ -29,46 +29,61 @@ def read_state(ref: str, shapes: dict) -> dict:
 
 
 class Workbench:
-    """The base model instance, its tokenizer, and an in-memory merger over the config's sources."""
+    """The model instance, its tokenizer (or processor), the task and an in-memory merger over the
+    config's sources. `evovlm` subclasses it for VLMs (`build`, `read_source`, `export`)."""
 
     def __init__(self, cfg: dict):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from ..tasks import task_class
         device = cfg["device"]
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("config `device` is cuda, but torch sees no CUDA device")
+        self.cfg, self.device, self.seed = cfg, device, cfg["seed"]
         dtype = dtype_from_name(cfg["dtype"], "dtype")
-        base_path = resolve_model(cfg["base_model"])
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg["tokenizer"]))
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
-        self.shapes = {k: tuple(p.shape) for k, p in self.model.named_parameters()}
+        self.model, self.processor, targets = self.build(cfg, dtype)
+        self.targets = targets
+        self.shapes = {k: tuple(t.shape) for k, t in targets.items()}
         self.base = read_state(cfg["base_model"], self.shapes)
-        self.sources = {m["name"]: read_state(m["model"], self.shapes) for m in cfg["models"]}
-        self.merger = InMemoryMerger(self.model, self.base, self.sources, device, store_dtype=dtype)
+        self.sources = {m["name"]: self.read_source(m["model"]) for m in cfg["models"]}
+        self.merger = InMemoryMerger(self.model, self.base, self.sources, device, store_dtype=dtype, targets=targets)
         self.n_layers = self.merger.n_layers
-        self.seed = cfg["seed"]
-        t = cfg["task"]
-        self.gen = dict(max_new_tokens=t["max_new_tokens"], batch_size=t["batch_size"],
-                        official=t["official_extraction"])
+        self.task = task_class(cfg["task"]["name"])(cfg["task"], self.processor)
+
+    def build(self, cfg: dict, dtype):
+        """(model on the device, tokenizer, name -> parameter tensor the merges write)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(resolve_model(cfg["tokenizer"]))
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg["base_model"]), dtype=dtype)
+        model = model.to(cfg["device"]).eval()
+        return model, tok, dict(model.named_parameters())
+
+    def read_source(self, ref: str) -> dict:
+        return read_state(ref, self.shapes)
+
+    def read_exported(self, path) -> dict:
+        return self.read_source(str(path))
+
+    def export(self, recipe, out_dir):
+        from ..merger import run_merge
+        run_merge(recipe, out_dir, device=self.device, seed=self.seed, progress=False)
 
     def load(self, state: dict):
         """Put plain weights (a source, or an exported checkpoint) into the model."""
         with torch.no_grad():
-            for k, p in self.model.named_parameters():
+            for k, p in self.targets.items():
                 p.copy_(state[k].to(p.dtype))
         return self.model
 
     def merge(self, method: str, fixed: dict, per_model: dict):
         """DARE masks depend on the run seed and the tensor name only (not on the candidate), so a
         candidate's score is the score of its exported recipe."""
-        return self.merger.merge(method, fixed, per_model, seed=self.seed, candidate=0)
+        self.merger.merge(method, fixed, per_model, seed=self.seed, candidate=0)
+        return self.model
 
     def score(self, model, rows) -> dict:
-        r = mgsm.evaluate(model, self.tokenizer, rows, **self.gen)
-        return {"score": r["accuracy"], "number_correct": r["number_correct"], "lang_rate": r["lang_rate"],
-                "examples": [i["output"] for i in r["items"][:2]]}
+        return self.task.score(model, rows)
 
     def evaluate_candidate(self, method: str, fixed: dict, per_model: dict, rows) -> dict:
         """Merge, check, score; a candidate that raises (NaN/inf weights, out of memory, ...) gets
@@ -81,10 +96,9 @@ class Workbench:
             t1 = time.perf_counter()
             r = self.score(model, rows)
             out["eval_s"] = round(time.perf_counter() - t1, 3)
-            out.update(score=r["score"], number_correct=r["number_correct"], lang_rate=r["lang_rate"])
+            out.update({k: v for k, v in r.items() if k != "examples"})
         except (RuntimeError, ValueError, ArithmeticError, KeyError) as e:   # incl. torch.OutOfMemoryError
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             out.update(score=None, error=f"{type(e).__name__}: {str(e)[:500]}")
         return out
-

@@ -27,7 +27,7 @@ def machine() -> str:
     return f"{dev}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def plot(history, path: Path):
+def plot(history, path: Path, ylabel: str = "fitness"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -38,7 +38,7 @@ def plot(history, path: Path):
         if pts:
             ax.plot(*zip(*pts), style, label=key.replace("_", " "), markersize=3)
     ax.set_xlabel("generation")
-    ax.set_ylabel("fitness (accuracy, %)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -49,21 +49,22 @@ def plot(history, path: Path):
 
 
 def table(data: dict) -> str:
-    lines = [f"| model | fitness acc | test acc | test number right | test Japanese |",
-             "|---|---:|---:|---:|---:|"]
+    cols = data["columns"]
+    lines = ["| model | fitness | test | " + " | ".join(f"test {c}" for _, c in cols) + " |",
+             "|---|---:|---:|" + "---:|" * len(cols)]
     for label, r in data["rows"].items():
         f, t = r["fitness"], r["test"]
         bold = "**" if label.startswith("evolved") else ""
-        lines.append(f"| {label} | {f['score']:.1f} | {bold}{t['score']:.1f}{bold} | {t['number_correct']:.1f} "
-                     f"| {t['lang_rate']:.1f} |")
-    b = data["baselines"]
-    lines.append(f"| constant answer ({b['constant_answer']}) | {b['constant_fitness']:.1f} | {b['constant']:.1f} | | |")
-    lines.append(f"| chance (uniform over the test answers' range) | | {b['chance']:.1f} | | |")
+        lines.append(f"| {label} | {f['score']:.1f} | {bold}{t['score']:.1f}{bold} | "
+                     + " | ".join(f"{t[k]:.1f}" for k, _ in cols) + " |")
+    fmt = lambda v: "" if v is None else f"{v:.1f}"
+    for label, fit, test in data["baselines"]:
+        lines.append(f"| {label} | {fmt(fit)} | {fmt(test)} |" + " |" * len(cols))
     return "\n".join(lines)
 
 
-def write_report(out: Path, cfg: dict, data: dict, space) -> None:
-    plot(data["history"], out / "fitness.png")
+def write_report(out: Path, cfg: dict, data: dict, space, task) -> None:
+    plot(data["history"], out / "fitness.png", f"fitness ({task.score_label})")
     best, tm, s = data["best"], data["timing"], cfg["search"]
     groups = f" and layer group ({s['layer_groups']} groups)" if s["layer_groups"] > 1 else ""
     recipe = (out / "best" / "recipe.yaml").read_text()
@@ -75,7 +76,7 @@ def write_report(out: Path, cfg: dict, data: dict, space) -> None:
           f"({tm.get('failed', 0)} failed), seed {cfg['seed']}; fitness on {data['fitness_items']} items, "
           f"test on {data['test_items']} held-out items. Best candidate: #{best['index']} "
           f"(generation {best['generation'] + 1}).", "",
-          "Accuracy = last number right AND the answer in Japanese (fastText lid.176, P(ja) > 0.5).", "",
+          task.note, "",
           table(data), "",
           f"Time per candidate: merge {tm.get('merge_s', 0):.2f} s + evaluation {tm.get('eval_s', 0):.2f} s "
           f"(mean over the candidates of this run folder).", "",

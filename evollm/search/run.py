@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import AtomicFolder
-from ..tasks import mgsm
 from . import optimizer as optim
 from .config import ConfigError, dump_config, parse_config
 from .space import ParamSpace
@@ -161,13 +160,13 @@ def search(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, progress=Tr
     return state
 
 
-def export_best(cfg: dict, out: Path, space: ParamSpace, best: dict) -> Path:
-    """best/recipe.yaml and best/model/ (the same merge engine as `evollm merge --recipe`)."""
-    from ..merger import run_merge
+def export_best(out: Path, bench, space: ParamSpace, best: dict) -> Path:
+    """best/recipe.yaml and best/model/ (the same merge engine as `evollm merge --recipe`, or
+    `evovlm merge --recipe` for a VLM)."""
     recipe = space.recipe(best["genome"])
     with AtomicFolder(out / "best", force=True) as tmp:
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
-        run_merge(recipe, tmp / "model", device=cfg["device"], seed=cfg["seed"], progress=False)
+        bench.export(recipe, tmp / "model")
     return out / "best"
 
 
@@ -182,7 +181,6 @@ def untuned(names) -> dict:
 def evaluate_rows(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, test_rows, log=print) -> dict:
     """Every source, the un-evolved merges, the search's initial point and the exported best model,
     on the fitness rows and the held-out test rows."""
-    from .evaluate import read_state
     names = [m["name"] for m in cfg["models"]]
     s = cfg["search"]
     models = {}
@@ -195,7 +193,7 @@ def evaluate_rows(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, test
             models[label] = lambda m=method, g=fixed, p=per: bench.merge(m, g, p)
         models[f"{s['method']} at the initial point"] = lambda: bench.merge(s["method"], s["fixed"],
                                                                             space.per_model(space.initial()))
-    models["evolved (best/model)"] = lambda: bench.load(read_state(str(out / "best" / "model"), bench.shapes))
+    models["evolved (best/model)"] = lambda: bench.load(bench.read_exported(out / "best" / "model"))
     rows = {}
     for label, make in models.items():
         model = make()
@@ -204,32 +202,32 @@ def evaluate_rows(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, test
     return rows
 
 
-def run(cfg: dict | None, out, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """`evollm merge --config`: search, export, report. Returns the report data."""
+def run(cfg: dict | None, out, resume: bool = False, progress: bool = True, log=print, bench_class=None) -> dict:
+    """`evollm merge --config` (and `evovlm merge --config`, with its Workbench): search, export,
+    report. Returns the report data."""
     from .evaluate import Workbench
     from .report import write_report
     out = Path(out)
     cfg = open_run(cfg, out, resume)
     t0 = time.time()
-    bench = Workbench(cfg)
+    bench = (bench_class or Workbench)(cfg)
     space = make_space(cfg, bench.n_layers)
     t = cfg["task"]
-    fit_rows = mgsm.load_rows(t["fitness"]["data"], t["fitness"]["split"], t["fitness"]["config"],
-                              t["fitness"]["limit"], cfg["seed"])
-    test_rows = mgsm.load_rows(t["test"]["data"], t["test"]["split"], t["test"]["config"],
-                               t["test"]["limit"], cfg["seed"])
+    fit_rows = bench.task.rows(t["fitness"], cfg["seed"])
+    test_rows = bench.task.rows(t["test"], cfg["seed"])
     log(f"run {out}: {len(cfg['models'])} sources, {space.dim} genes, {cfg['search']['budget']} candidates on "
         f"{len(fit_rows)} fitness items ({cfg['device']}, loaded in {time.time() - t0:.1f} s)")
     state = search(cfg, out, bench, space, fit_rows, progress, log)
     best = state["best"]
     log(f"best candidate {best['index']}: fitness {best['score']:.1f}; exporting to {out / 'best'}")
-    export_best(cfg, out, space, best)
+    export_best(out, bench, space, best)
     rows = evaluate_rows(cfg, out, bench, space, fit_rows, test_rows, log)
     data = {"config": cfg["name"], "best": best, "history": state["history"], "rows": rows,
             "fitness_items": len(fit_rows), "test_items": len(test_rows),
-            "baselines": mgsm.answer_baselines(fit_rows, test_rows),
+            "baselines": bench.task.baselines(fit_rows, test_rows), "task": bench.task.name,
+            "columns": [list(c) for c in bench.task.columns],
             "timing": timing(read_candidates(out / "candidates.jsonl"))}
-    write_report(out, cfg, data, space)
+    write_report(out, cfg, data, space, bench.task)
     return data
 
 

@@ -145,3 +145,29 @@ def answer_baselines(fit_rows, test_rows) -> dict:
     answers = [r["answer_number"] for r in test_rows]
     return {"constant_answer": mode, "constant": rate(test_rows), "constant_fitness": rate(fit_rows),
             "chance": 100 / (max(answers) - min(answers) + 1)}
+
+
+class JaMath:
+    """The `ja-math` fitness/benchmark task of a run (the MGSM-ja protocol above)."""
+    name = "ja-math"
+    columns = (("number_correct", "number right"), ("lang_rate", "Japanese"))
+    note = "Accuracy = last number right AND the answer in Japanese (fastText lid.176, P(ja) > 0.5)."
+    score_label = "accuracy (%)"
+
+    def __init__(self, cfg: dict, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+
+    def rows(self, spec: dict, seed: int) -> list:
+        return load_rows(spec["data"], spec["split"], spec["config"], spec["limit"], seed)
+
+    def score(self, model, rows) -> dict:
+        c = self.cfg
+        r = evaluate(model, self.tokenizer, rows, max_new_tokens=c["max_new_tokens"], batch_size=c["batch_size"],
+                     official=c["official_extraction"])
+        return {"score": r["accuracy"], "number_correct": r["number_correct"], "lang_rate": r["lang_rate"],
+                "examples": [i["output"] for i in r["items"][:2]]}
+
+    def baselines(self, fit_rows, test_rows) -> list:
+        b = answer_baselines(fit_rows, test_rows)
+        return [(f"constant answer ({b['constant_answer']})", b["constant_fitness"], b["constant"]),
+                ("chance (uniform over the test answers' range)", None, b["chance"])]

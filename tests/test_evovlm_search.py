@@ -1,0 +1,52 @@
+"""`evovlm merge --config` on the miniature world's VLM: the same run folder as evollm, and the
+exported VLM is what the search scored, with vision tower and projector untouched."""
+
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from evollm.search.config import load_config
+from evollm.search.run import read_candidates, run
+from evovlm.model import tower_names
+from evovlm.search import VlmWorkbench
+from evovlm.tasks import load_vqa
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+
+
+def test_vqa_rows_load_from_either_benchmark_format():
+    vg = load_vqa(str(ASSETS / "data" / "ja-vg-vqa-500" / "test.parquet"))
+    wild = load_vqa(str(ASSETS / "data" / "ja-vlm-bench-in-the-wild" / "test.parquet"))
+    for rows in (vg, wild):
+        assert rows and set(rows[0]) == {"image", "question", "answer"} and rows[0]["answer"]
+
+
+def test_short_vlm_run(tmp_path):
+    d = yaml.safe_load((ROOT / "configs" / "world-vqa.yaml").read_text())
+    d["search"].update(budget=4, popsize=4)
+    d["task"].update(max_new_tokens=12)
+    d["task"]["fitness"]["limit"] = 6
+    d["task"]["test"]["limit"] = 6
+    d["report"] = {"sources": True, "baselines": False}
+    for k in ("base_model",):
+        d[k] = str((ROOT / "configs" / d[k]).resolve())
+    d["models"] = [str((ROOT / "configs" / m).resolve()) for m in d["models"]]
+    for s in ("fitness", "test"):
+        d["task"][s]["data"] = str((ROOT / "configs" / d["task"][s]["data"]).resolve())
+    (tmp_path / "RUN.yaml").write_text(yaml.safe_dump(d))
+    data = run(load_config(tmp_path / "RUN.yaml"), tmp_path / "run", progress=False, log=lambda *a: None,
+               bench_class=VlmWorkbench)
+    recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
+    assert len(recs) == 4 and all(r["error"] is None for r in recs)
+    assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == max(r["score"] for r in recs)
+    assert {"vlm-en", "ja", "base"} <= set(data["rows"]) and data["task"] == "ja-vqa"
+    src = load_file(str(ASSETS / "models" / "vlm-en" / "model.safetensors"))
+    out = load_file(str(tmp_path / "run" / "best" / "model" / "model.safetensors"))
+    tower = set(tower_names(src).values())
+    assert set(src) == set(out)
+    assert all(torch.equal(src[k], out[k]) for k in src if k not in tower)
+    assert sum(not torch.equal(src[k].float(), out[k].float()) for k in tower) > len(tower) // 2
+    assert "ROUGE-L" in (tmp_path / "run" / "report.md").read_text()
