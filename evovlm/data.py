@@ -18,7 +18,25 @@ def _load(source: str, split: str, columns: tuple, what: str):
     import datasets
     split = SPLIT_ALIASES.get(split, split)
     p = Path(source).expanduser()
-    if p.is_dir():
+    if p.is_dir() and any((d / f"metadata.{x}").exists() for d in (p, p / split) for x in ("jsonl", "csv")):
+        # an imagefolder: image files + metadata.jsonl/csv (file_name column), flat or one folder per split
+        folder = p / split if (p / split).is_dir() else p
+        ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+        where = str(folder)
+    elif p.is_file() and p.suffix in (".jsonl", ".json"):
+        # JSON lines whose `image` column holds image paths (relative to the file)
+        ds = datasets.load_dataset("json", data_files=str(p), split="train")
+        if "image" in ds.column_names:
+            bad = [v for v in ds["image"] if not isinstance(v, str)]
+            if bad:
+                raise ValueError(f"{what}: {p}: column 'image' must hold image file paths in a JSON file")
+            ds = ds.map(lambda r: {"image": str((p.parent / r["image"]).resolve())})
+            missing = [v for v in ds["image"] if not Path(v).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{what}: {p}: image file {missing[0]} not found")
+            ds = ds.cast_column("image", datasets.Image())
+        where = str(p)
+    elif p.is_dir():
         files = sorted(p.glob(f"{split}.parquet")) or sorted(p.glob(f"{split}-*.parquet")) \
             or sorted(p.glob(f"data/{split}-*.parquet"))
         if not files:

@@ -41,7 +41,8 @@ class JaVqa:
     def predict(self, model, rows) -> list:
         from evollm.world.vlm import generate_answers
         return generate_answers(model, self.processor, [r["image"] for r in rows], [r["question"] for r in rows],
-                                max_new_tokens=self.cfg["max_new_tokens"], batch_size=self.cfg["batch_size"])
+                                max_new_tokens=self.cfg["max_new_tokens"], batch_size=self.cfg["batch_size"],
+                                repetition_penalty=self.cfg["repetition_penalty"])
 
     def score(self, model, rows) -> dict:
         preds = self.predict(model, rows)

@@ -50,3 +50,28 @@ def test_short_vlm_run(tmp_path):
     assert all(torch.equal(src[k], out[k]) for k in src if k not in tower)
     assert sum(not torch.equal(src[k].float(), out[k].float()) for k in tower) > len(tower) // 2
     assert "ROUGE-L" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_vqa_loaders_read_jsonl_and_imagefolder_copies(tmp_path):
+    import json
+
+    import pytest
+    from PIL import Image
+    rows = load_vqa(str(ASSETS / "data" / "ja-vlm-bench-in-the-wild" / "test.parquet"))[:3]
+    (tmp_path / "imgs").mkdir()
+    lines, meta = [], []
+    for i, r in enumerate(rows):
+        r["image"].convert("RGB").save(tmp_path / "imgs" / f"{i}.png")
+        lines.append({"image": f"imgs/{i}.png", "question": r["question"], "answer": r["answer"]})
+        meta.append({"file_name": f"{i}.png", "qas": [{"question": r["question"], "answer": r["answer"]}]})
+    (tmp_path / "wild.jsonl").write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines))
+    got = load_vqa(str(tmp_path / "wild.jsonl"))
+    assert [g["answer"] for g in got] == [r["answer"] for r in rows]
+    assert got[0]["image"].size == rows[0]["image"].size
+    (tmp_path / "imgs" / "metadata.jsonl").write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in meta))
+    got = load_vqa(str(tmp_path / "imgs"))
+    assert sorted(g["question"] for g in got) == sorted(r["question"] for r in rows)
+    assert isinstance(got[0]["image"], Image.Image)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "nope.png", "question": "q", "answer": "a"}))
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_vqa(str(tmp_path / "bad.jsonl"))

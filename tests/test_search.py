@@ -92,6 +92,10 @@ def test_shipped_configs_validate():
     assert paper["base_model"] == "mistralai/Mistral-7B-v0.1" and paper["search"]["budget"] == 1000
     assert [m["name"] for m in paper["models"]] == ["shisa-gamma", "wizardmath", "abel"]
     assert paper["task"]["test"]["data"] == "juletxara/mgsm" and paper["dtype"] == "bfloat16"
+    vqa = C.load_config(ROOT / "configs" / "paper-vqa.yaml")
+    assert vqa["task"]["name"] == "ja-vqa" and vqa["models"][0]["model"] == "llava-hf/llava-v1.6-mistral-7b-hf"
+    world_vqa = C.load_config(ROOT / "configs" / "world-vqa.yaml")
+    assert all(Path(m["model"]).is_dir() for m in world_vqa["models"])
 
 
 def tiny_run_config(budget=12, popsize=4):

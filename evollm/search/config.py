@@ -54,7 +54,8 @@ DEFAULTS: dict = {
         "test": {"data": None, "split": "test", "config": "ja", "limit": None},
         "max_new_tokens": 512,
         "batch_size": 64,
-        "official_extraction": False,
+        "official_extraction": False,   # ja-math: read answers as the official MGSM code does
+        "repetition_penalty": 1.0,      # ja-vqa: the official VLM evaluation uses 1.5
     },
     "report": {"baselines": True, "sources": True},
 }
@@ -190,6 +191,7 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
             num(f"task.{split}.limit", d["limit"], 1, integer=True)
     num("task.max_new_tokens", t["max_new_tokens"], 1, integer=True)
     num("task.batch_size", t["batch_size"], 1, integer=True)
+    num("task.repetition_penalty", t["repetition_penalty"], 1.0, 10.0)
     if not isinstance(t["official_extraction"], bool):
         err("task.official_extraction", f"must be true or false, got {t['official_extraction']!r}")
     for k, v in cfg["report"].items():
