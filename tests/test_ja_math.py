@@ -53,6 +53,8 @@ def test_loaders_read_every_local_format(tmp_path):
 
 
 def test_loader_errors_name_the_file_and_the_fault(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl: no such data file"):
+        mgsm.load_mgsm(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "bad.tsv"
     bad.write_text("q\t3\textra\n")
     with pytest.raises(ValueError, match=r"bad.tsv.*line"):

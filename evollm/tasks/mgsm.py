@@ -30,6 +30,9 @@ def load_mgsm(source: str = "juletxara/mgsm", split: str = "test", config: str =
         else:
             kind = "parquet" if source.endswith(".parquet") else "json"
             ds = datasets.load_dataset(kind, data_files=source, split="train")
+    elif source.endswith((".jsonl", ".json", ".parquet", ".tsv", ".csv")) or source.startswith((".", "/", "~")) \
+            or source.count("/") != 1:
+        raise FileNotFoundError(f"{source}: no such data file (and not a hub id of the form org/name)")
     else:
         try:
             ds = datasets.load_dataset(source, config, split=split)
