@@ -1,0 +1,75 @@
+"""Data-flow-space models on tiny random Llama models: path order, per-hop KV cache, plain export."""
+
+import numpy as np
+import pytest
+import torch
+from tiny import family
+from transformers import AutoModelForCausalLM
+
+from evollm.dfs import Hop, build_dfs_model, export_state, path_from, save_dfs, slots
+
+
+def test_path_follows_the_slot_order_of_each_layout():
+    W = np.arange(16, dtype=float).reshape(4, 4) / 10 + 1      # 2 layers per model: candidates A0 A1 B0 B1
+    assert slots(2, 2, "model-major") == [(0, 0), (0, 1), (1, 0), (1, 1)] * 2
+    assert slots(2, 1, "layer-major") == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    on = [1, 0, 1, 1, 0, 1, 0, 0]                                 # A0, B0, B1, A1 (second repeat)
+    hops = path_from(np.array(on) - 0.5, W, 2, 2, "model-major")
+    assert [(h.model, h.layer) for h in hops] == [(0, 0), (1, 0), (1, 1), (0, 1)]
+    # scales: W[i, j] of each step i -> j (candidates A0=0, A1=1, B0=2, B1=3); the first hop unscaled
+    assert [h.scale for h in hops] == [1.0, W[0, 2], W[2, 3], W[3, 1]]
+    hops = path_from([1, 1, -1, 1], W, 2, 1, "layer-major")
+    assert [(h.model, h.layer) for h in hops] == [(0, 0), (1, 0), (1, 1)]
+    hops = path_from([0.2, 0.9, 0.7, -0.3], W, 2, 1, "select")  # per depth: the larger indicator
+    assert [(h.model, h.layer) for h in hops] == [(1, 0), (0, 1)]
+    with pytest.raises(ValueError, match="slots"):
+        path_from([1, 1], W, 2, 1, "model-major")
+    with pytest.raises(ValueError, match="layout"):
+        path_from([1] * 4, W, 2, 1, "zigzag")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dfs")
+    paths = family(root, n=2, vocab_size=64, hidden_size=32, num_hidden_layers=3)
+    a, b = (AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for p in paths[1:])
+    return a, b
+
+
+HOPS = [Hop(0, 0, 1.0), Hop(0, 1, 0.8), Hop(1, 1, 1.3), Hop(0, 1, 1.1), Hop(1, 2, 0.7), Hop(0, 2, 1.2)]
+
+
+def test_a_layer_visited_twice_keeps_two_cache_entries(sources):
+    a, b = sources
+    dfs = build_dfs_model(a, b, HOPS)          # A1 is visited twice
+    ids = torch.randint(3, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cached = dfs.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+        plain = dfs.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+        assert torch.equal(cached, plain)
+        # and the incremental logits equal a full forward pass
+        full = dfs(cached).logits
+        out = dfs(cached[:, :9], use_cache=True)
+        step = dfs(cached[:, 9:10], past_key_values=out.past_key_values, use_cache=True).logits
+        assert torch.allclose(step[:, -1], full[:, 9], atol=1e-5)
+        assert len(out.past_key_values.layers) == len(HOPS)
+    # the sources' layers are shared, not copied
+    assert dfs.model.layers[1].layer is a.model.layers[1] is dfs.model.layers[3].layer
+
+
+def test_exported_checkpoint_matches_the_in_memory_model(sources, tmp_path):
+    a, b = sources
+    dfs = build_dfs_model(a, b, HOPS)
+    save_dfs(a, b, HOPS, tmp_path / "out")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert plain.config.num_hidden_layers == len(HOPS)
+    ids = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x, y = dfs(ids).logits, plain(ids).logits
+    # equal up to RMSNorm's epsilon (1e-6 here), whose weight changes when the stream is rescaled,
+    # plus float32 rounding: 1e-4 absolute on logits of size ~1
+    assert torch.allclose(x, y, atol=1e-4), (x - y).abs().max()
+    # unscaled hops export the layers as they are
+    state, cfg = export_state(a, b, [Hop(1, 0, 1.0), Hop(0, 2, 1.0)])
+    assert torch.equal(state["model.layers.0.mlp.down_proj.weight"], b.state_dict()["model.layers.0.mlp.down_proj.weight"])
+    assert torch.equal(state["lm_head.weight"], a.state_dict()["lm_head.weight"]) and cfg.num_hidden_layers == 2
