@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from runcfg import small
 from tiny import family
 from transformers import AutoModelForCausalLM
 
@@ -73,3 +74,70 @@ def test_exported_checkpoint_matches_the_in_memory_model(sources, tmp_path):
     state, cfg = export_state(a, b, [Hop(1, 0, 1.0), Hop(0, 2, 1.0)])
     assert torch.equal(state["model.layers.0.mlp.down_proj.weight"], b.state_dict()["model.layers.0.mlp.down_proj.weight"])
     assert torch.equal(state["lm_head.weight"], a.state_dict()["lm_head.weight"]) and cfg.num_hidden_layers == 2
+
+
+def test_dfs_run_exports_a_plain_checkpoint_and_resumes(tmp_path, monkeypatch):
+    from evollm.search.dfs_space import DfsWorkbench
+    from evollm.search.run import read_candidates, run
+    cfg = small(tmp_path, "world-ja-math-dfs")
+    data = run(cfg, tmp_path / "a", progress=False, log=lambda *a: None)
+    out = tmp_path / "a"
+    for f in ("best/recipe.yaml", "best/model/config.json", "path.png", "report.md", "checkpoint.pkl"):
+        assert (out / f).exists(), f
+    recs = read_candidates(out / "candidates.jsonl")
+    best = max(recs, key=lambda r: r["score"])
+    path = best["parameters"]["path"]
+    assert AutoModelForCausalLM.from_pretrained(out / "best" / "model").config.num_hidden_layers == len(path)
+    assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == best["score"]
+    assert "| hop | model | layer | scale |" in (out / "report.md").read_text()
+    assert "A's layers then B's, unscaled (a frankenmerge)" in data["rows"]
+    # an interrupted DFS run resumes to the same candidates
+    real, calls = DfsWorkbench.evaluate_candidate, {"n": 0}
+
+    def interrupt(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DfsWorkbench, "evaluate_candidate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "b", progress=False, log=lambda *a: None)
+    monkeypatch.setattr(DfsWorkbench, "evaluate_candidate", real)
+    run(None, tmp_path / "b", resume=True, progress=False, log=lambda *a: None)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("merge_s", "eval_s")} for r in rs]
+    assert strip(read_candidates(tmp_path / "b" / "candidates.jsonl")) == strip(recs)
+
+
+def test_passthrough_recipe_writes_the_same_checkpoint(sources, tmp_path):
+    """Where mergekit can express the path (first and last hop from A), its passthrough recipe run by
+    `evollm merge` gives the exported DFS checkpoint (scales folded the same way)."""
+    import yaml
+
+    from evollm.merger import run_merge
+    from evollm.recipe import parse_recipe
+    from evollm.search.dfs_space import DfsSpace
+    a, b = sources
+    a.save_pretrained(tmp_path / "A")
+    b.save_pretrained(tmp_path / "B")
+    sp = DfsSpace("A", "B", {"A": str(tmp_path / "A"), "B": str(tmp_path / "B")}, 3, 2, "model-major",
+                  {"low": 0.5, "high": 1.5, "init": 1.0})
+    params = {"path": [["A", 0, 1.0], ["B", 1, 1.3], ["A", 1, 0.8], ["A", 2, 1.1]]}
+    assert sp.passthrough_yaml({"path": [["A", 0, 1.0], ["B", 2, 1.0]]}) is None
+    run_merge(parse_recipe(yaml.safe_load(sp.passthrough_yaml(params))), tmp_path / "mk", progress=False)
+    save_dfs(a, b, sp.hops_of(params), tmp_path / "dfs")
+    from safetensors.torch import load_file
+    x, y = load_file(str(tmp_path / "mk" / "model.safetensors")), load_file(str(tmp_path / "dfs" / "model.safetensors"))
+    assert set(x) == set(y) and all(torch.allclose(x[k], y[k], rtol=1e-6, atol=0) for k in x)
+
+
+def test_ps_then_dfs_from_one_config(tmp_path):
+    from evollm.search.run import run
+    cfg = small(tmp_path, "world-ja-math-ps-dfs", budget=4, report={"sources": False, "baselines": False})
+    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert (tmp_path / "run" / "ps" / "best" / "model").is_dir() and (tmp_path / "run" / "dfs" / "path.png").exists()
+    import yaml
+    dfs_cfg = yaml.safe_load((tmp_path / "run" / "dfs" / "config.yaml").read_text())
+    assert dfs_cfg["models"][0]["name"] == "ps-merged" and dfs_cfg["models"][1]["name"] == "ja"
+    assert {"evolved (best/model)", "evolved PS+DFS (dfs/best/model)"} <= set(data["rows"])
+    assert "PS+DFS" in (tmp_path / "run" / "report.md").read_text()

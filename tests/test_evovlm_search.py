@@ -4,11 +4,10 @@ exported VLM is what the search scored, with vision tower and projector untouche
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from evollm.search.config import load_config
 from evollm.search.run import read_candidates, run
+from runcfg import small
 from evovlm.model import tower_names
 from evovlm.search import VlmWorkbench
 from evovlm.tasks import load_vqa
@@ -25,19 +24,8 @@ def test_vqa_rows_load_from_either_benchmark_format():
 
 
 def test_short_vlm_run(tmp_path):
-    d = yaml.safe_load((ROOT / "configs" / "world-vqa.yaml").read_text())
-    d["search"].update(budget=4, popsize=4)
-    d["task"].update(max_new_tokens=12)
-    d["task"]["fitness"]["limit"] = 6
-    d["task"]["test"]["limit"] = 6
-    d["report"] = {"sources": True, "baselines": False}
-    for k in ("base_model",):
-        d[k] = str((ROOT / "configs" / d[k]).resolve())
-    d["models"] = [str((ROOT / "configs" / m).resolve()) for m in d["models"]]
-    for s in ("fitness", "test"):
-        d["task"][s]["data"] = str((ROOT / "configs" / d["task"][s]["data"]).resolve())
-    (tmp_path / "RUN.yaml").write_text(yaml.safe_dump(d))
-    data = run(load_config(tmp_path / "RUN.yaml"), tmp_path / "run", progress=False, log=lambda *a: None,
+    cfg = small(tmp_path, "world-vqa", budget=4, max_new_tokens=12, report={"sources": True, "baselines": False})
+    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None,
                bench_class=VlmWorkbench)
     recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
     assert len(recs) == 4 and all(r["error"] is None for r in recs)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from runcfg import absolute
 
 from evollm.recipe import load_recipe, parse_recipe
 from evollm.search import config as C
@@ -107,11 +108,7 @@ def tiny_run_config(budget=12, popsize=4):
 
 
 def write_config(tmp_path, d) -> Path:
-    for k in ("base_model",):
-        d[k] = str((ROOT / "configs" / d[k]).resolve())
-    d["models"] = [str((ROOT / "configs" / m).resolve()) for m in d["models"]]
-    for s in ("fitness", "test"):
-        d["task"][s]["data"] = str((ROOT / "configs" / d["task"][s]["data"]).resolve())
+    absolute(d)
     p = tmp_path / "RUN.yaml"
     p.write_text(yaml.safe_dump(d))
     return p

@@ -43,6 +43,10 @@ DEFAULTS: dict = {
                    "density": {"low": 0.0, "high": 1.0, "init": 0.5}},
         "layer_groups": 1,
         "init_from": None,          # a recipe (e.g. an earlier run's best/recipe.yaml) as the initial point
+        "dfs": {                    # space: dfs (DESIGN.md 4): A and B by model name
+            "a": None, "b": None, "repeats": 3, "layout": "model-major",
+            "scale": {"low": 0.5, "high": 1.5, "init": 1.0},
+        },
         "optimizer": "cma",
         "sigma": 1 / 6,
         "popsize": 8,
@@ -60,7 +64,7 @@ DEFAULTS: dict = {
     "report": {"baselines": True, "sources": True},
 }
 
-SPACES = ("ps",)
+SPACES = ("ps", "dfs", "ps+dfs")
 
 
 def _merge(defaults: dict, given: Any, where: str, origin: str) -> dict:
@@ -169,6 +173,26 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
             err(f"{field}.init", f"must lie in [{b['low']}, {b['high']}], got {b['init']}")
         s["params"][pname] = {k: float(b[k]) for k in ("low", "high", "init")}
     num("search.layer_groups", s["layer_groups"], 1, integer=True)
+    if s["space"] in ("dfs", "ps+dfs"):
+        from ..dfs import LAYOUTS
+        d = s["dfs"]
+        for k in ("a", "b") if s["space"] == "dfs" else ("b",):
+            if d[k] not in names:
+                err(f"search.dfs.{k}", f"must name one of the models {names}, got {d[k]!r}")
+        if s["space"] == "dfs" and d["a"] == d["b"]:
+            err("search.dfs.b", "must differ from search.dfs.a")
+        num("search.dfs.repeats", d["repeats"], 1, integer=True)
+        if d["layout"] not in LAYOUTS:
+            err("search.dfs.layout", f"must be one of {list(LAYOUTS)}, got {d['layout']!r}")
+        if d["layout"] == "select" and d["repeats"] != 1:
+            err("search.dfs.repeats", "must be 1 with layout `select` (one layer per depth position)")
+        sc = d["scale"]
+        for k in ("low", "high", "init"):
+            num(f"search.dfs.scale.{k}", sc[k], 1e-6)
+        if not sc["low"] <= sc["init"] <= sc["high"] or sc["low"] == sc["high"]:
+            err("search.dfs.scale", f"needs low <= init <= high and low < high, got {sc}")
+        if s["init_from"] is not None:
+            err("search.init_from", "is for parameter-space searches only")
     if s["init_from"] is not None:
         s["init_from"] = _path(s["init_from"], base_dir)
         if not Path(s["init_from"]).is_file():

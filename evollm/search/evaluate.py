@@ -65,9 +65,32 @@ class Workbench:
     def read_exported(self, path) -> dict:
         return self.read_source(str(path))
 
+    def load_exported(self, path):
+        return self.load(self.read_exported(path))
+
     def export(self, recipe, out_dir):
         from ..merger import run_merge
         run_merge(recipe, out_dir, device=self.device, seed=self.seed, progress=False)
+
+    def export_best(self, space, best: dict, folder):
+        recipe = space.recipe(best["genome"])
+        (folder / "recipe.yaml").write_text(recipe.to_yaml())
+        self.export(recipe, folder / "model")
+
+    def reference_models(self, space) -> dict:
+        """label -> function putting that model's weights in place: the base and every source, the
+        un-evolved merges at default settings, and the search's initial point."""
+        names, report, s = list(self.sources), self.cfg["report"], self.cfg["search"]
+        models = {}
+        if report["sources"]:
+            models["base"] = lambda: self.load(self.base)
+            for n in names:
+                models[n] = lambda n=n: self.load(self.sources[n])
+        if report["baselines"]:
+            for label, (method, fixed, per) in untuned(names).items():
+                models[label] = lambda m=method, g=fixed, p=per: self.merge(m, g, p)
+            models[f"{s['method']} at the initial point"] = lambda: self.candidate(space.decode(space.initial()))
+        return models
 
     def load(self, state: dict):
         """Put plain weights (a source, or an exported checkpoint) into the model."""
@@ -85,13 +108,17 @@ class Workbench:
     def score(self, model, rows) -> dict:
         return self.task.score(model, rows)
 
-    def evaluate_candidate(self, method: str, fixed: dict, per_model: dict, rows) -> dict:
-        """Merge, check, score; a candidate that raises (NaN/inf weights, out of memory, ...) gets
-        score None and its error, and the run goes on."""
+    def candidate(self, per_model: dict):
+        """The model a decoded genome describes (here: the search's merge of per-model parameters)."""
+        return self.merge(self.cfg["search"]["method"], self.cfg["search"]["fixed"], per_model)
+
+    def evaluate_candidate(self, params: dict, rows) -> dict:
+        """Build (merge), check, score; a candidate that raises (NaN/inf weights, out of memory, ...)
+        gets score None and its error, and the run goes on."""
         t0 = time.perf_counter()
         out = {"merge_s": None, "eval_s": None, "error": None}
         try:
-            model = self.merge(method, fixed, per_model)
+            model = self.candidate(params)
             out["merge_s"] = round(time.perf_counter() - t0, 3)
             t1 = time.perf_counter()
             r = self.score(model, rows)
@@ -102,3 +129,11 @@ class Workbench:
                 torch.cuda.empty_cache()
             out.update(score=None, error=f"{type(e).__name__}: {str(e)[:500]}")
         return out
+
+
+def untuned(names) -> dict:
+    """Un-evolved merges at default settings: label -> (method, fixed parameters, per-model parameters)."""
+    ones = "/".join("1" for _ in names)
+    return {f"task arithmetic {ones}": ("task_arithmetic", {}, {n: {"weight": 1.0} for n in names}),
+            "TIES d=0.5": ("ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in names}),
+            "DARE-TIES d=0.5": ("dare_ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in names})}

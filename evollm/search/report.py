@@ -63,15 +63,54 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_path(path, a: str, path_png: Path):
+    """The evolved architecture: hop k on x, source layer on y, A and B in two colours, scales written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(path) + 2), 3.2), dpi=100)
+    xs = list(range(len(path)))
+    ax.plot(xs, [i for _, i, _ in path], "-", color="0.7", zorder=1)
+    for k, (m, i, sc) in enumerate(path):
+        ax.scatter([k], [i], color="tab:blue" if m == a else "tab:orange", zorder=2, s=40)
+        ax.annotate(f"{sc:.2f}", (k, i), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.scatter([], [], color="tab:blue", label=f"A = {a}")
+    ax.scatter([], [], color="tab:orange", label="B")
+    ax.set_xlabel("hop")
+    ax.set_ylabel("source layer")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path_png.with_name(f".{path_png.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path_png)
+
+
+def describe_search(s: dict, space) -> str:
+    if s["space"] == "dfs":
+        d = s["dfs"]
+        return (f"DFS over A = {d['a']}, B = {d['b']} ({space.dim} genes: {space.T} slot indicators, layout "
+                f"{d['layout']}, {d['repeats']} repeat(s), and the {space.M} x {space.M} scaling matrix in "
+                f"[{d['scale']['low']}, {d['scale']['high']}])")
+    groups = f" and layer group ({s['layer_groups']} groups)" if s["layer_groups"] > 1 else ""
+    return f"{s['method']} ({space.dim} genes: {', '.join(s['params'])} per model{groups})"
+
+
 def write_report(out: Path, cfg: dict, data: dict, space, task) -> None:
     plot(data["history"], out / "fitness.png", f"fitness ({task.score_label})")
     best, tm, s = data["best"], data["timing"], cfg["search"]
-    groups = f" and layer group ({s['layer_groups']} groups)" if s["layer_groups"] > 1 else ""
     recipe = (out / "best" / "recipe.yaml").read_text()
+    arch = []
+    if s["space"] == "dfs":
+        path = best["parameters"]["path"]
+        plot_path(path, s["dfs"]["a"], out / "path.png")
+        arch = ["The evolved architecture (hop: model, layer, input scale):", "",
+                "| hop | model | layer | scale |", "|---:|---|---:|---:|",
+                *[f"| {k} | {m} | {i} | {sc:.3f} |" for k, (m, i, sc) in enumerate(path)], "",
+                "![the evolved path](path.png)", ""]
     md = [f"# Run `{cfg['name']}`", "",
           f"Machine: {machine()}. Device: {cfg['device']}.", "",
-          f"Search: {s['optimizer']} over {s['method']} ({space.dim} genes: "
-          f"{', '.join(s['params'])} per model{groups}), "
+          f"Search: {s['optimizer']} over {describe_search(s, space)}, "
           f"population {s['popsize']}, sigma {s['sigma']:.3g}, {tm.get('candidates', 0)} candidates "
           f"({tm.get('failed', 0)} failed), seed {cfg['seed']}; fitness on {data['fitness_items']} items, "
           f"test on {data['test_items']} held-out items. Best candidate: #{best['index']} "
@@ -80,7 +119,20 @@ def write_report(out: Path, cfg: dict, data: dict, space, task) -> None:
           table(data), "",
           f"Time per candidate: merge {tm.get('merge_s', 0):.2f} s + evaluation {tm.get('eval_s', 0):.2f} s "
           f"(mean over the candidates of this run folder).", "",
-          "![fitness per generation](fitness.png)", "",
+          "![fitness per generation](fitness.png)", "", *arch,
           "Best recipe (`best/recipe.yaml`; `best/model/` is its export):", "", "```yaml", recipe.rstrip(), "```", ""]
     _write_atomic(out / "report.md", "\n".join(md).encode())
     _write_atomic(out / "report.json", json.dumps(data, indent=1, ensure_ascii=False).encode())
+
+
+def write_ps_dfs_report(out: Path, cfg: dict, ps: dict, dfs: dict) -> None:
+    """PS+DFS: the PS phase's table with the PS+DFS model added, then links to both phases' reports."""
+    rows = dict(ps["rows"])
+    rows["evolved PS+DFS (dfs/best/model)"] = dfs["rows"]["evolved (best/model)"]
+    data = {**ps, "rows": rows}
+    md = [f"# Run `{cfg['name']}` (PS+DFS)", "", f"Machine: {machine()}. Device: {cfg['device']}.", "",
+          f"Phase 1, parameter space: [ps/report.md](ps/report.md). Phase 2, data-flow space over A = the PS-merged "
+          f"model and B = {cfg['search']['dfs']['b']}: [dfs/report.md](dfs/report.md).", "",
+          table(data), "", "![the evolved path](dfs/path.png)", ""]
+    _write_atomic(out / "report.md", "\n".join(md).encode())
+    _write_atomic(out / "report.json", json.dumps({"ps": ps, "dfs": dfs}, indent=1, ensure_ascii=False).encode())

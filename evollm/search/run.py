@@ -85,7 +85,7 @@ def make_space(cfg: dict, n_layers: int) -> ParamSpace:
                       dtype="float32", out_dtype=cfg["out_dtype"])
 
 
-def search(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, progress=True, log=print) -> dict:
+def search(cfg: dict, out: Path, bench, space, fit_rows, progress=True, log=print) -> dict:
     """The evolution loop; returns the final state (best genome and score, history)."""
     s = cfg["search"]
     ckpt, cand_path = out / "checkpoint.pkl", out / "candidates.jsonl"
@@ -117,7 +117,7 @@ def search(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, progress=Tr
             records = []
             for i, x in enumerate(genomes):
                 n = state["evaluated"] + i
-                per = space.per_model(x)
+                params = space.decode(x)
                 prev = pending[i] if i < len(pending) else None
                 if prev is not None and prev["index"] == n and prev["genome"] == [float(v) for v in x]:
                     rec = prev                              # logged before the interruption
@@ -126,8 +126,7 @@ def search(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, progress=Tr
                         raise RuntimeError(f"{cand_path}: candidate {n} in the log is not the one the restored "
                                            "optimizer asks for (was the config or code changed?)")
                     rec = {"index": n, "generation": state["generation"], "genome": [float(v) for v in x],
-                           "parameters": per,
-                           **bench.evaluate_candidate(s["method"], s["fixed"], per, fit_rows)}
+                           "parameters": params, **bench.evaluate_candidate(params, fit_rows)}
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
@@ -160,40 +159,18 @@ def search(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, progress=Tr
     return state
 
 
-def export_best(out: Path, bench, space: ParamSpace, best: dict) -> Path:
-    """best/recipe.yaml and best/model/ (the same merge engine as `evollm merge --recipe`, or
-    `evovlm merge --recipe` for a VLM)."""
-    recipe = space.recipe(best["genome"])
+def export_best(out: Path, bench, space, best: dict) -> Path:
+    """best/recipe.yaml and best/model/ (the export the front end and search space make)."""
     with AtomicFolder(out / "best", force=True) as tmp:
-        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
-        bench.export(recipe, tmp / "model")
+        bench.export_best(space, best, tmp)
     return out / "best"
 
 
-def untuned(names) -> dict:
-    """Un-evolved merges at default settings: label -> (method, fixed parameters, per-model parameters)."""
-    ones = "/".join("1" for _ in names)
-    return {f"task arithmetic {ones}": ("task_arithmetic", {}, {n: {"weight": 1.0} for n in names}),
-            "TIES d=0.5": ("ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in names}),
-            "DARE-TIES d=0.5": ("dare_ties", {}, {n: {"weight": 1.0, "density": 0.5} for n in names})}
-
-
-def evaluate_rows(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, test_rows, log=print) -> dict:
-    """Every source, the un-evolved merges, the search's initial point and the exported best model,
-    on the fitness rows and the held-out test rows."""
-    names = [m["name"] for m in cfg["models"]]
-    s = cfg["search"]
-    models = {}
-    if cfg["report"]["sources"]:
-        models["base"] = lambda: bench.load(bench.base)
-        for n in names:
-            models[n] = lambda n=n: bench.load(bench.sources[n])
-    if cfg["report"]["baselines"]:
-        for label, (method, fixed, per) in untuned(names).items():
-            models[label] = lambda m=method, g=fixed, p=per: bench.merge(m, g, p)
-        models[f"{s['method']} at the initial point"] = lambda: bench.merge(s["method"], s["fixed"],
-                                                                            space.per_model(space.initial()))
-    models["evolved (best/model)"] = lambda: bench.load(bench.read_exported(out / "best" / "model"))
+def evaluate_rows(out: Path, bench, space, fit_rows, test_rows, log=print) -> dict:
+    """The front end's reference models (sources, un-evolved merges, the search's initial point) and
+    the exported best model, on the fitness rows and the held-out test rows."""
+    models = dict(bench.reference_models(space))
+    models["evolved (best/model)"] = lambda: bench.load_exported(out / "best" / "model")
     rows = {}
     for label, make in models.items():
         model = make()
@@ -205,13 +182,48 @@ def evaluate_rows(cfg: dict, out: Path, bench, space: ParamSpace, fit_rows, test
 def run(cfg: dict | None, out, resume: bool = False, progress: bool = True, log=print, bench_class=None) -> dict:
     """`evollm merge --config` (and `evovlm merge --config`, with its Workbench): search, export,
     report. Returns the report data."""
-    from .evaluate import Workbench
-    from .report import write_report
     out = Path(out)
     cfg = open_run(cfg, out, resume)
+    if cfg["search"]["space"] == "ps+dfs":
+        return run_ps_dfs(cfg, out, progress, log, bench_class)
+    return run_one(cfg, out, progress, log, bench_class)
+
+
+def run_ps_dfs(cfg: dict, out: Path, progress, log, bench_class) -> dict:
+    """PS, then DFS with A = the PS-merged model and B = `search.dfs.b`: two run folders, out/ps and
+    out/dfs (each resumable), and a report.md with both tables."""
+    import copy
+    from .report import write_ps_dfs_report
+    ps = copy.deepcopy(cfg)
+    ps["search"]["space"], ps["name"] = "ps", cfg["name"] + "-ps"
+    ps_data = run_one(open_run(ps, out / "ps", (out / "ps" / "config.yaml").exists()), out / "ps", progress, log,
+                      bench_class)
+    dfs = copy.deepcopy(cfg)
+    d = dfs["search"]["dfs"]
+    dfs["search"]["space"], dfs["name"], d["a"] = "dfs", cfg["name"] + "-dfs", "ps-merged"
+    dfs["models"] = [{"model": str((out / "ps" / "best" / "model").resolve()), "name": "ps-merged"}] + \
+        [m for m in cfg["models"] if m["name"] == d["b"]]
+    dfs_data = run_one(open_run(dfs, out / "dfs", (out / "dfs" / "config.yaml").exists()), out / "dfs", progress,
+                       log, bench_class)
+    write_ps_dfs_report(out, cfg, ps_data, dfs_data)
+    return {"ps": ps_data, "dfs": dfs_data, "rows": {**ps_data["rows"], **{
+        "evolved PS+DFS (dfs/best/model)": dfs_data["rows"]["evolved (best/model)"]}},
+        "baselines": ps_data["baselines"], "columns": ps_data["columns"]}
+
+
+def run_one(cfg: dict, out: Path, progress, log, bench_class) -> dict:
+    from .evaluate import Workbench
+    from .report import write_report
     t0 = time.time()
-    bench = (bench_class or Workbench)(cfg)
-    space = make_space(cfg, bench.n_layers)
+    if cfg["search"]["space"] == "dfs":
+        if bench_class is not None:
+            raise ConfigError("search.space dfs: only causal LMs so far (evollm merge)")
+        from .dfs_space import DfsWorkbench
+        bench = DfsWorkbench(cfg)
+        space = bench.make_space()
+    else:
+        bench = (bench_class or Workbench)(cfg)
+        space = make_space(cfg, bench.n_layers)
     t = cfg["task"]
     fit_rows = bench.task.rows(t["fitness"], cfg["seed"])
     test_rows = bench.task.rows(t["test"], cfg["seed"])
@@ -221,7 +233,7 @@ def run(cfg: dict | None, out, resume: bool = False, progress: bool = True, log=
     best = state["best"]
     log(f"best candidate {best['index']}: fitness {best['score']:.1f}; exporting to {out / 'best'}")
     export_best(out, bench, space, best)
-    rows = evaluate_rows(cfg, out, bench, space, fit_rows, test_rows, log)
+    rows = evaluate_rows(out, bench, space, fit_rows, test_rows, log)
     data = {"config": cfg["name"], "best": best, "history": state["history"], "rows": rows,
             "fitness_items": len(fit_rows), "test_items": len(test_rows),
             "baselines": bench.task.baselines(fit_rows, test_rows), "task": bench.task.name,

@@ -61,6 +61,8 @@ class ParamSpace:
             out[n] = d
         return out
 
+    decode = per_model         # what a candidate is, as the run logs it and the Workbench builds it
+
     def recipe(self, x) -> Recipe:
         per = self.per_model(x)
         return Recipe(merge_method=self.method, base_model=self.base_ref,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..inmemory import InMemoryMerger
-from ..search.run import untuned
+from ..search.evaluate import untuned
 from ..tasks import mgsm
 
 SOURCES = ("ja", "math-a", "math-b")

@@ -1,0 +1,144 @@
+"""Data-flow-space search: genome <-> (indicator array I, scaling matrix W) <-> a layer path, and the
+Workbench that evaluates a path as a DFS model over two sources (evollm.dfs).
+
+Genes: T indicator genes (slot t is on iff gene > 0.5, i.e. I_t = gene - 0.5), then the M x M scaling
+matrix W row by row, each gene mapped linearly to [scale.low, scale.high]. Initial point: A's first
+repetition on (0.75) and every other slot off (0.25), W at scale.init (the paper's initialisation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import yaml
+
+from ..dfs import Hop, build_dfs_model, path_from, save_dfs, slots
+from .evaluate import Workbench
+
+
+class DfsSpace:
+    def __init__(self, a: str, b: str, refs: dict, n_layers: int, repeats: int, layout: str, scale: dict):
+        if layout == "select" and repeats != 1:
+            raise ValueError("search.dfs: layout `select` takes repeats: 1 (one layer per depth position)")
+        self.a, self.b, self.refs, self.L, self.r, self.layout, self.scale = a, b, refs, n_layers, repeats, layout, scale
+        self.order = slots(n_layers, repeats, layout)
+        self.T, self.M = len(self.order), 2 * n_layers
+
+    @property
+    def dim(self) -> int:
+        return self.T + self.M * self.M
+
+    def initial(self) -> np.ndarray:
+        x = np.full(self.dim, 0.25)
+        first = range(self.L) if self.layout == "model-major" else range(0, 2 * self.L, 2)
+        x[list(first)] = 0.75                         # A's layers, first repetition
+        s = self.scale
+        x[self.T:] = (s["init"] - s["low"]) / (s["high"] - s["low"])
+        return x
+
+    def hops(self, x) -> list:
+        x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
+        if x.shape != (self.dim,):
+            raise ValueError(f"genome of length {x.shape} given, the DFS space has {self.dim} genes")
+        s = self.scale
+        W = (s["low"] + (s["high"] - s["low"]) * x[self.T:]).reshape(self.M, self.M)
+        return path_from(x[:self.T] - 0.5, W, self.L, self.r, self.layout)
+
+    def decode(self, x) -> dict:
+        """The path as the run logs it: [[model name, layer, scale], ...] (scales rounded to 6 digits)."""
+        names = (self.a, self.b)
+        return {"path": [[names[h.model], h.layer, round(h.scale, 6)] for h in self.hops(x)]}
+
+    def hops_of(self, params: dict) -> list:
+        idx = {self.a: 0, self.b: 1}
+        return [Hop(idx[m], int(i), float(s)) for m, i, s in params["path"]]
+
+    def recipe_yaml(self, params: dict) -> str:
+        """The DFS recipe: which layer of which model at each hop, with its input scale."""
+        return yaml.safe_dump({"dfs": {"a": self.refs[self.a], "b": self.refs[self.b], "layout": self.layout,
+                                       "path": [{"model": self.refs[m], "layer": i, "scale": s}
+                                                for m, i, s in params["path"]]}},
+                              sort_keys=False, allow_unicode=True)
+
+    def passthrough_yaml(self, params: dict):
+        """A mergekit passthrough recipe writing the same checkpoint (scales folded into o_proj and
+        down_proj), or None where mergekit cannot express it: its non-layer tensors come from the
+        first and last slices' models, while a DFS model always takes A's."""
+        path = params["path"]
+        if not path or path[0][0] != self.a or path[-1][0] != self.a:
+            return None
+        slices, cum = [], 1.0
+        for m, i, s in path:
+            cum *= s
+            inv = 1.0 / cum
+            p = {} if inv == 1.0 else {"scale": [{"filter": "o_proj", "value": inv},
+                                                 {"filter": "down_proj", "value": inv}, {"value": 1.0}]}
+            slices.append({"sources": [{"model": self.refs[m], "layer_range": [i, i + 1]}], **({"parameters": p} if p else {})})
+        return yaml.safe_dump({"merge_method": "passthrough", "slices": slices, "dtype": "float32"},
+                              sort_keys=False, allow_unicode=True)
+
+
+class DfsWorkbench(Workbench):
+    """Two sources held as models; a candidate is a DFS model sharing their layers (built per
+    candidate in microseconds; no weights are copied)."""
+
+    def __init__(self, cfg: dict):
+        from ..checkpoint import dtype_from_name
+        from ..hub import resolve_model
+        from ..tasks import task_class
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("config `device` is cuda, but torch sees no CUDA device")
+        self.cfg, self.device, self.seed = cfg, cfg["device"], cfg["seed"]
+        d = cfg["search"]["dfs"]
+        refs = {m["name"]: m["model"] for m in cfg["models"]}
+        dtype = dtype_from_name(cfg["dtype"], "dtype")
+        self.models = {n: AutoModelForCausalLM.from_pretrained(resolve_model(refs[n]), dtype=dtype).to(self.device).eval()
+                       for n in (d["a"], d["b"])}
+        la, lb = (len(self.models[n].model.layers) for n in (d["a"], d["b"]))
+        if la != lb:
+            raise ValueError(f"search.dfs: models {d['a']} and {d['b']} have {la} and {lb} layers; DFS needs equal depth")
+        self.n_layers = la
+        self.processor = AutoTokenizer.from_pretrained(resolve_model(refs[d["a"]]))
+        self.processor.padding_side = "left"
+        if self.processor.pad_token is None:
+            self.processor.pad_token = self.processor.eos_token
+        self.task = task_class(cfg["task"]["name"])(cfg["task"], self.processor)
+        self.space = None
+
+    def make_space(self):
+        d = self.cfg["search"]["dfs"]
+        refs = {m["name"]: m["model"] for m in self.cfg["models"]}
+        self.space = DfsSpace(d["a"], d["b"], refs, self.n_layers, d["repeats"], d["layout"], d["scale"])
+        return self.space
+
+    def candidate(self, params: dict):
+        d = self.cfg["search"]["dfs"]
+        return build_dfs_model(self.models[d["a"]], self.models[d["b"]], self.space.hops_of(params))
+
+    def export_best(self, space, best: dict, folder):
+        d = self.cfg["search"]["dfs"]
+        (folder / "recipe.yaml").write_text(space.recipe_yaml(best["parameters"]))
+        mk = space.passthrough_yaml(best["parameters"])
+        if mk is not None:
+            (folder / "mergekit_config.yml").write_text(mk)
+        save_dfs(self.models[d["a"]], self.models[d["b"]], space.hops_of(best["parameters"]), folder / "model",
+                 tokenizer=self.processor)
+
+    def load_exported(self, path):
+        from transformers import AutoModelForCausalLM
+        return AutoModelForCausalLM.from_pretrained(path, dtype=next(iter(self.models.values())).dtype
+                                                    ).to(self.device).eval()
+
+    def reference_models(self, space) -> dict:
+        d = self.cfg["search"]["dfs"]
+        models = {}
+        if self.cfg["report"]["sources"]:
+            models[d["a"]] = lambda: self.models[d["a"]]
+            models[d["b"]] = lambda: self.models[d["b"]]
+        if self.cfg["report"]["baselines"]:
+            L = self.n_layers
+            stack = [[d["a"], i, 1.0] for i in range(L)] + [[d["b"], i, 1.0] for i in range(L)]
+            models["A's layers then B's, unscaled (a frankenmerge)"] = lambda: self.candidate({"path": stack})
+            models["DFS at the initial point"] = lambda: self.candidate(space.decode(space.initial()))
+        return models
