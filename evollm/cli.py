@@ -70,7 +70,7 @@ def cmd_merge(args) -> int:
     return cmd_evolve(args)
 
 
-def cmd_evolve(args, default_config=None, bench_class=None) -> int:
+def cmd_evolve(args, default_config=None, benches=None) -> int:
     """An evolution run (shared by `evovlm merge --config`, which passes its config and Workbench)."""
     import time
 
@@ -81,7 +81,7 @@ def cmd_evolve(args, default_config=None, bench_class=None) -> int:
         raise ValueError("--resume needs --out (the run folder to continue)")
     cfg = load_config(args.config or default_config) if (args.config or not args.resume) else None
     out = Path(args.out) if args.out else Path("runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data = run(cfg, out, resume=args.resume, progress=not args.quiet, bench_class=bench_class)
+    data = run(cfg, out, resume=args.resume, progress=not args.quiet, benches=benches)
     print()
     print(table(data))
     print(f"\nrun folder: {out} (report.md, best/recipe.yaml, best/model/)")

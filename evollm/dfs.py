@@ -106,8 +106,9 @@ class HopLayer(nn.Module):
         return self.layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
 
 
-def _path_config(model_a, layers_of, hops: List[Hop]):
-    cfg = copy.deepcopy(model_a.config)
+def path_config(config, layers_of, hops: List[Hop]):
+    """A copy of a (text) config with `num_hidden_layers` (and `layer_types`) of the path."""
+    cfg = copy.deepcopy(config)
     cfg.num_hidden_layers = len(hops)
     types = getattr(cfg, "layer_types", None)
     if isinstance(types, list):
@@ -116,23 +117,35 @@ def _path_config(model_a, layers_of, hops: List[Hop]):
     return cfg
 
 
-def build_dfs_model(model_a, model_b, hops: List[Hop]):
-    """A causal LM of A's class whose decoder layers are `hops` over the two sources' layers (shared,
-    not copied). Works with `generate` and the KV cache like any model of that class."""
+def hop_layers(layers_a, layers_b, hops: List[Hop]) -> nn.ModuleList:
     if not hops:
         raise ValueError("the DFS path is empty (no slot is on)")
-    layers_of = (model_a.model.layers, model_b.model.layers)
+    layers_of = (layers_a, layers_b)
     for h in hops:
         if not 0 <= h.layer < len(layers_of[h.model]):
             raise ValueError(f"hop {h}: model {'AB'[h.model]} has {len(layers_of[h.model])} layers")
-    cfg = _path_config(model_a, layers_of, hops)
+    return nn.ModuleList(HopLayer(layers_of[h.model][h.layer], k, h.scale) for k, h in enumerate(hops))
+
+
+def check_materialised(model):
+    meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if meta:
+        raise RuntimeError(f"DFS model assembly left tensors unset: {meta[:3]}")
+    return model
+
+
+def build_dfs_model(model_a, model_b, hops: List[Hop]):
+    """A causal LM of A's class whose decoder layers are `hops` over the two sources' layers (shared,
+    not copied). Works with `generate` and the KV cache like any model of that class."""
+    layers = hop_layers(model_a.model.layers, model_b.model.layers, hops)
+    cfg = path_config(model_a.config, (model_a.model.layers, model_b.model.layers), hops)
     with torch.device("meta"):
         dfs = type(model_a)(cfg)
-    dfs.model.layers = nn.ModuleList(HopLayer(layers_of[h.model][h.layer], k, h.scale) for k, h in enumerate(hops))
+    dfs.model.layers = layers
     dfs.model.embed_tokens, dfs.model.norm = model_a.model.embed_tokens, model_a.model.norm
     dfs.model.rotary_emb, dfs.lm_head = model_a.model.rotary_emb, model_a.lm_head
     dfs.generation_config = copy.deepcopy(model_a.generation_config)
-    return dfs.eval()
+    return check_materialised(dfs).eval()
 
 
 def export_state(model_a, model_b, hops: List[Hop]) -> Tuple[dict, object]:
@@ -151,7 +164,7 @@ def export_state(model_a, model_b, hops: List[Hop]) -> Tuple[dict, object]:
                 rest = name[len(lead):]
                 out[f"model.layers.{k}.{rest}"] = (t / cum).to(t.dtype) if rest in OUT_PROJECTIONS else t.clone()
     layers_of = (model_a.model.layers, model_b.model.layers)
-    return out, _path_config(model_a, layers_of, hops)
+    return out, path_config(model_a.config, layers_of, hops)
 
 
 def save_dfs(model_a, model_b, hops: List[Hop], out_dir, tokenizer=None, force: bool = False):

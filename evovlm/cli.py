@@ -22,8 +22,8 @@ def cmd_merge(args) -> int:
     if not args.recipe:
         from evollm.cli import cmd_evolve
         from evollm.search.config import CONFIGS
-        from .search import VlmWorkbench
-        return cmd_evolve(args, CONFIGS / "world-vqa.yaml", VlmWorkbench)
+        from .search import VlmDfsWorkbench, VlmWorkbench
+        return cmd_evolve(args, CONFIGS / "world-vqa.yaml", {"ps": VlmWorkbench, "dfs": VlmDfsWorkbench})
     if args.config or args.resume:
         raise ValueError("--recipe merges once; --config/--resume belong to an evolution run")
     if not args.out:

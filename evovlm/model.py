@@ -103,3 +103,14 @@ def text_vocab(cfg: dict) -> int:
     if "vocab_size" not in tc:
         raise CheckpointError("config has no text_config.vocab_size")
     return int(tc["vocab_size"])
+
+
+class LanguageTower(torch.nn.Module):
+    """A loaded LLaVA model's language tower under a causal LM's module names (`model.*`, `lm_head.*`),
+    sharing the VLM's modules: merges write into the VLM, DFS paths read its layers."""
+
+    def __init__(self, vlm):
+        super().__init__()
+        self.model = vlm.model.language_model
+        self.lm_head = vlm.lm_head
+        self.config = vlm.config.text_config

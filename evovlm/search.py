@@ -7,8 +7,11 @@ the VLM's added vocabulary rows never change. Export goes through `evovlm merge 
 
 from __future__ import annotations
 
+import torch
+
 from evollm.checkpoint import Checkpoint
 from evollm.hub import resolve_model
+from evollm.search.dfs_space import DfsWorkbench
 from evollm.search.evaluate import Workbench, read_state
 
 from .merge import merge_vlm
@@ -46,3 +49,88 @@ class VlmWorkbench(Workbench):
 
     def export(self, recipe, out_dir):
         merge_vlm(recipe, out_dir, device=self.device, seed=self.seed, log=lambda *a: None)
+
+
+def build_vlm_dfs(vlm, lm_b, hops):
+    """The VLM with a DFS path as its language tower: A = the VLM's tower (embeddings, norm, head,
+    vision tower and projector from the VLM), B = a causal LM; layers shared, one cache slot per hop."""
+    import copy
+
+    from evollm.dfs import check_materialised, hop_layers, path_config
+    tower = vlm.model.language_model
+    cfg = copy.deepcopy(vlm.config)
+    cfg.text_config = path_config(vlm.config.text_config, (tower.layers, lm_b.model.layers), hops)
+    with torch.device("meta"):
+        out = type(vlm)(cfg)
+    for name, module in vlm.model.named_children():
+        if name != "language_model":
+            setattr(out.model, name, module)                 # vision tower, projector
+    for name, p in vlm.model.named_parameters(recurse=False):
+        setattr(out.model, name, p)                          # LlavaNext's image_newline
+    lm = out.model.language_model
+    lm.layers = hop_layers(tower.layers, lm_b.model.layers, hops)
+    lm.embed_tokens, lm.norm, lm.rotary_emb = tower.embed_tokens, tower.norm, tower.rotary_emb
+    out.lm_head = vlm.lm_head
+    out.generation_config = copy.deepcopy(vlm.generation_config)
+    return check_materialised(out).eval()
+
+
+def save_vlm_dfs(vlm, lm_b, hops, out_dir, processor=None):
+    """The VLM DFS model as a plain VLM checkpoint of the source's class (scales folded as in
+    evollm.dfs.export_state)."""
+    import copy
+
+    from evollm.checkpoint import AtomicFolder
+    from evollm.dfs import export_state
+    from .model import LanguageTower
+    tower_state, text_cfg = export_state(LanguageTower(vlm), lm_b, hops)
+    cfg = copy.deepcopy(vlm.config)
+    cfg.text_config = text_cfg
+    state = {k: v for k, v in vlm.state_dict().items() if lm_name(k) is None}
+    for k, v in tower_state.items():
+        state[("model.language_model." + k[len("model."):]) if k.startswith("model.") else k] = v
+    with torch.device("meta"):
+        plain = type(vlm)(cfg)
+    plain.load_state_dict(state, assign=True, strict=True)
+    with AtomicFolder(out_dir) as tmp:
+        plain.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+    return out_dir
+
+
+class VlmDfsWorkbench(DfsWorkbench):
+    """DFS over the VLM's language tower (A: it also keeps its vision tower, projector, embeddings and
+    head) and a causal LM (B)."""
+    passthrough = False
+
+    def load_models(self, refs, dtype):
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+        d = self.cfg["search"]["dfs"]
+        path_a = resolve_model(refs[d["a"]])
+        if not is_vlm(Checkpoint(path_a)):
+            raise ValueError(f"search.dfs.a: evovlm's DFS takes the VLM as A; {refs[d['a']]} is not one")
+        a = AutoModelForImageTextToText.from_pretrained(path_a, dtype=dtype).to(self.device).eval()
+        b = AutoModelForCausalLM.from_pretrained(resolve_model(refs[d["b"]]), dtype=dtype).to(self.device).eval()
+        processor = AutoProcessor.from_pretrained(path_a)
+        processor.tokenizer.padding_side = "left"
+        return {d["a"]: a, d["b"]: b}, processor, (a.model.language_model.layers, b.model.layers)
+
+    def candidate(self, params):
+        d = self.cfg["search"]["dfs"]
+        return build_vlm_dfs(self.models[d["a"]], self.models[d["b"]], self.space.hops_of(params))
+
+    def save(self, hops, folder):
+        d = self.cfg["search"]["dfs"]
+        save_vlm_dfs(self.models[d["a"]], self.models[d["b"]], hops, folder, self.processor)
+
+    def b_label(self) -> str:
+        return f"{self.cfg['search']['dfs']['b']}'s layers as the language tower"
+
+    def b_alone(self):
+        """B is a causal LM: as a VLM row, its layers inside A (A's embeddings, head, vision side)."""
+        return self.candidate({"path": [[self.cfg["search"]["dfs"]["b"], i, 1.0] for i in range(self.n_layers)]})
+
+    def load_exported(self, path):
+        from transformers import AutoModelForImageTextToText
+        return AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype).to(self.device).eval()

@@ -26,7 +26,7 @@ def test_vqa_rows_load_from_either_benchmark_format():
 def test_short_vlm_run(tmp_path):
     cfg = small(tmp_path, "world-vqa", budget=4, max_new_tokens=12, report={"sources": True, "baselines": False})
     data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None,
-               bench_class=VlmWorkbench)
+               benches={"ps": VlmWorkbench})
     recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
     assert len(recs) == 4 and all(r["error"] is None for r in recs)
     assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == max(r["score"] for r in recs)
@@ -63,3 +63,18 @@ def test_vqa_loaders_read_jsonl_and_imagefolder_copies(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "nope.png", "question": "q", "answer": "a"}))
     with pytest.raises(FileNotFoundError, match="nope.png"):
         load_vqa(str(tmp_path / "bad.jsonl"))
+
+
+def test_short_vlm_dfs_run(tmp_path):
+    from evovlm.search import VlmDfsWorkbench
+    cfg = small(tmp_path, "world-vqa-dfs", budget=4, max_new_tokens=12)
+    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None,
+               benches={"ps": VlmWorkbench, "dfs": VlmDfsWorkbench})
+    recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
+    assert len(recs) == 4 and all(r["error"] is None for r in recs)
+    from transformers import AutoConfig
+    best = max(recs, key=lambda r: r["score"])
+    cfg_out = AutoConfig.from_pretrained(tmp_path / "run" / "best" / "model")
+    assert cfg_out.text_config.num_hidden_layers == len(best["parameters"]["path"])
+    assert "vlm-en" in data["rows"] and (tmp_path / "run" / "path.png").exists()
+    assert not (tmp_path / "run" / "best" / "mergekit_config.yml").exists()

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from ..dfs import Hop, build_dfs_model, path_from, save_dfs, slots
+from ..hub import resolve_model
 from .evaluate import Workbench
 
 
@@ -81,30 +82,36 @@ class DfsSpace:
 class DfsWorkbench(Workbench):
     """Two sources held as models; a candidate is a DFS model sharing their layers (built per
     candidate in microseconds; no weights are copied)."""
+    passthrough = True          # also write a mergekit passthrough recipe where it can express the path
 
     def __init__(self, cfg: dict):
         from ..checkpoint import dtype_from_name
-        from ..hub import resolve_model
         from ..tasks import task_class
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("config `device` is cuda, but torch sees no CUDA device")
         self.cfg, self.device, self.seed = cfg, cfg["device"], cfg["seed"]
         d = cfg["search"]["dfs"]
         refs = {m["name"]: m["model"] for m in cfg["models"]}
-        dtype = dtype_from_name(cfg["dtype"], "dtype")
-        self.models = {n: AutoModelForCausalLM.from_pretrained(resolve_model(refs[n]), dtype=dtype).to(self.device).eval()
-                       for n in (d["a"], d["b"])}
-        la, lb = (len(self.models[n].model.layers) for n in (d["a"], d["b"]))
-        if la != lb:
-            raise ValueError(f"search.dfs: models {d['a']} and {d['b']} have {la} and {lb} layers; DFS needs equal depth")
-        self.n_layers = la
-        self.processor = AutoTokenizer.from_pretrained(resolve_model(refs[d["a"]]))
-        self.processor.padding_side = "left"
-        if self.processor.pad_token is None:
-            self.processor.pad_token = self.processor.eos_token
+        self.dtype = dtype_from_name(cfg["dtype"], "dtype")
+        self.models, self.processor, (layers_a, layers_b) = self.load_models(refs, self.dtype)
+        if len(layers_a) != len(layers_b):
+            raise ValueError(f"search.dfs: models {d['a']} and {d['b']} have {len(layers_a)} and {len(layers_b)} "
+                             "layers; DFS needs equal depth")
+        self.n_layers = len(layers_a)
         self.task = task_class(cfg["task"]["name"])(cfg["task"], self.processor)
         self.space = None
+
+    def load_models(self, refs: dict, dtype):
+        """(name -> model for A and B, A's tokenizer or processor, (A's layers, B's layers))."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        d = self.cfg["search"]["dfs"]
+        models = {n: AutoModelForCausalLM.from_pretrained(resolve_model(refs[n]), dtype=dtype).to(self.device).eval()
+                  for n in (d["a"], d["b"])}
+        tok = AutoTokenizer.from_pretrained(resolve_model(refs[d["a"]]))
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return models, tok, (models[d["a"]].model.layers, models[d["b"]].model.layers)
 
     def make_space(self):
         d = self.cfg["search"]["dfs"]
@@ -117,25 +124,32 @@ class DfsWorkbench(Workbench):
         return build_dfs_model(self.models[d["a"]], self.models[d["b"]], self.space.hops_of(params))
 
     def export_best(self, space, best: dict, folder):
-        d = self.cfg["search"]["dfs"]
         (folder / "recipe.yaml").write_text(space.recipe_yaml(best["parameters"]))
-        mk = space.passthrough_yaml(best["parameters"])
+        mk = space.passthrough_yaml(best["parameters"]) if self.passthrough else None
         if mk is not None:
             (folder / "mergekit_config.yml").write_text(mk)
-        save_dfs(self.models[d["a"]], self.models[d["b"]], space.hops_of(best["parameters"]), folder / "model",
-                 tokenizer=self.processor)
+        self.save(space.hops_of(best["parameters"]), folder / "model")
+
+    def save(self, hops, folder):
+        d = self.cfg["search"]["dfs"]
+        save_dfs(self.models[d["a"]], self.models[d["b"]], hops, folder, tokenizer=self.processor)
+
+    def b_label(self) -> str:
+        return self.cfg["search"]["dfs"]["b"]
+
+    def b_alone(self):
+        return self.models[self.cfg["search"]["dfs"]["b"]]
 
     def load_exported(self, path):
         from transformers import AutoModelForCausalLM
-        return AutoModelForCausalLM.from_pretrained(path, dtype=next(iter(self.models.values())).dtype
-                                                    ).to(self.device).eval()
+        return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
 
     def reference_models(self, space) -> dict:
         d = self.cfg["search"]["dfs"]
         models = {}
         if self.cfg["report"]["sources"]:
             models[d["a"]] = lambda: self.models[d["a"]]
-            models[d["b"]] = lambda: self.models[d["b"]]
+            models[self.b_label()] = self.b_alone
         if self.cfg["report"]["baselines"]:
             L = self.n_layers
             stack = [[d["a"], i, 1.0] for i in range(L)] + [[d["b"], i, 1.0] for i in range(L)]

@@ -179,17 +179,17 @@ def evaluate_rows(out: Path, bench, space, fit_rows, test_rows, log=print) -> di
     return rows
 
 
-def run(cfg: dict | None, out, resume: bool = False, progress: bool = True, log=print, bench_class=None) -> dict:
-    """`evollm merge --config` (and `evovlm merge --config`, with its Workbench): search, export,
-    report. Returns the report data."""
+def run(cfg: dict | None, out, resume: bool = False, progress: bool = True, log=print, benches=None) -> dict:
+    """`evollm merge --config` (and `evovlm merge --config`, which passes its Workbench classes as
+    `benches`, {"ps": ..., "dfs": ...}): search, export, report. Returns the report data."""
     out = Path(out)
     cfg = open_run(cfg, out, resume)
     if cfg["search"]["space"] == "ps+dfs":
-        return run_ps_dfs(cfg, out, progress, log, bench_class)
-    return run_one(cfg, out, progress, log, bench_class)
+        return run_ps_dfs(cfg, out, progress, log, benches)
+    return run_one(cfg, out, progress, log, benches)
 
 
-def run_ps_dfs(cfg: dict, out: Path, progress, log, bench_class) -> dict:
+def run_ps_dfs(cfg: dict, out: Path, progress, log, benches) -> dict:
     """PS, then DFS with A = the PS-merged model and B = `search.dfs.b`: two run folders, out/ps and
     out/dfs (each resumable), and a report.md with both tables."""
     import copy
@@ -197,32 +197,30 @@ def run_ps_dfs(cfg: dict, out: Path, progress, log, bench_class) -> dict:
     ps = copy.deepcopy(cfg)
     ps["search"]["space"], ps["name"] = "ps", cfg["name"] + "-ps"
     ps_data = run_one(open_run(ps, out / "ps", (out / "ps" / "config.yaml").exists()), out / "ps", progress, log,
-                      bench_class)
+                      benches)
     dfs = copy.deepcopy(cfg)
     d = dfs["search"]["dfs"]
     dfs["search"]["space"], dfs["name"], d["a"] = "dfs", cfg["name"] + "-dfs", "ps-merged"
     dfs["models"] = [{"model": str((out / "ps" / "best" / "model").resolve()), "name": "ps-merged"}] + \
         [m for m in cfg["models"] if m["name"] == d["b"]]
     dfs_data = run_one(open_run(dfs, out / "dfs", (out / "dfs" / "config.yaml").exists()), out / "dfs", progress,
-                       log, bench_class)
+                       log, benches)
     write_ps_dfs_report(out, cfg, ps_data, dfs_data)
     return {"ps": ps_data, "dfs": dfs_data, "rows": {**ps_data["rows"], **{
         "evolved PS+DFS (dfs/best/model)": dfs_data["rows"]["evolved (best/model)"]}},
         "baselines": ps_data["baselines"], "columns": ps_data["columns"]}
 
 
-def run_one(cfg: dict, out: Path, progress, log, bench_class) -> dict:
+def run_one(cfg: dict, out: Path, progress, log, benches) -> dict:
     from .evaluate import Workbench
     from .report import write_report
     t0 = time.time()
     if cfg["search"]["space"] == "dfs":
-        if bench_class is not None:
-            raise ConfigError("search.space dfs: only causal LMs so far (evollm merge)")
         from .dfs_space import DfsWorkbench
-        bench = DfsWorkbench(cfg)
+        bench = (benches or {}).get("dfs", DfsWorkbench)(cfg)
         space = bench.make_space()
     else:
-        bench = (bench_class or Workbench)(cfg)
+        bench = (benches or {}).get("ps", Workbench)(cfg)
         space = make_space(cfg, bench.n_layers)
     t = cfg["task"]
     fit_rows = bench.task.rows(t["fitness"], cfg["seed"])

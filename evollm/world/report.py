@@ -107,16 +107,6 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
     return res
 
 
-class LanguageTower(torch.nn.Module):
-    """A LLaVA model's language tower under the tensor names of a causal LM (`model.*`, `lm_head.*`),
-    so the in-memory merger writes merged text weights straight into the VLM."""
-
-    def __init__(self, vlm):
-        super().__init__()
-        self.model = vlm.model.language_model
-        self.lm_head = vlm.lm_head
-
-
 def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, layer_groups=1, n_layers=1, weight_max=1.0,
                log=print):
     """The core's CMA-ES and parameter space (initial point the box centre, sigma 1/6, as the paper)
@@ -151,6 +141,7 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     from evovlm.data import load_in_the_wild, load_ja_vg_vqa
     from .vlm import evaluate_vqa, load_vlm
     vlm, proc = load_vlm(world / "models" / "vlm-en", device)
+    from evovlm.model import LanguageTower
     tower = LanguageTower(vlm)
     base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in ("base", "ja"))
     vlm_lm = {k: v.detach().clone() for k, v in tower.state_dict().items()}
