@@ -141,3 +141,12 @@ def test_ps_then_dfs_from_one_config(tmp_path):
     assert dfs_cfg["models"][0]["name"] == "ps-merged" and dfs_cfg["models"][1]["name"] == "ja"
     assert {"evolved (best/model)", "evolved PS+DFS (dfs/best/model)"} <= set(data["rows"])
     assert "PS+DFS" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_target_scales_use_one_gene_per_layer_entered():
+    from evollm.search.dfs_space import DfsSpace
+    sp = DfsSpace("A", "B", {"A": "a", "B": "b"}, 2, 1, "model-major", {"low": 0.5, "high": 1.5, "init": 1.0}, "target")
+    assert sp.dim == 4 + 4
+    x = np.array([1, 1, 1, 0] + [0.0, 0.5, 1.0, 0.25])        # path A0 A1 B0; w = 0.5, 1.0, 1.5, 0.75
+    assert [h.scale for h in sp.hops(x)] == [1.0, 1.0, 1.5]
+    assert sp.decode(sp.initial())["path"] == [["A", 0, 1.0], ["A", 1, 1.0]]

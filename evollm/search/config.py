@@ -44,7 +44,7 @@ DEFAULTS: dict = {
         "layer_groups": 1,
         "init_from": None,          # a recipe (e.g. an earlier run's best/recipe.yaml) as the initial point
         "dfs": {                    # space: dfs (DESIGN.md 4): A and B by model name
-            "a": None, "b": None, "repeats": 3, "layout": "model-major",
+            "a": None, "b": None, "repeats": 3, "layout": "model-major", "scales": "matrix",
             "scale": {"low": 0.5, "high": 1.5, "init": 1.0},
         },
         "optimizer": "cma",
@@ -184,6 +184,8 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
         num("search.dfs.repeats", d["repeats"], 1, integer=True)
         if d["layout"] not in LAYOUTS:
             err("search.dfs.layout", f"must be one of {list(LAYOUTS)}, got {d['layout']!r}")
+        if d["scales"] not in ("matrix", "target"):
+            err("search.dfs.scales", f"must be `matrix` (M x M genes) or `target` (M genes), got {d['scales']!r}")
         if d["layout"] == "select" and d["repeats"] != 1:
             err("search.dfs.repeats", "must be 1 with layout `select` (one layer per depth position)")
         sc = d["scale"]

@@ -2,7 +2,8 @@
 Workbench that evaluates a path as a DFS model over two sources (evollm.dfs).
 
 Genes: T indicator genes (slot t is on iff gene > 0.5, i.e. I_t = gene - 0.5), then the M x M scaling
-matrix W row by row, each gene mapped linearly to [scale.low, scale.high]. Initial point: A's first
+matrix W row by row (`scales: matrix`, the paper's), or for large M the small form `scales: target`
+(M genes: W[i, j] = w_j, one scale per layer entered), each gene mapped linearly to [scale.low, scale.high]. Initial point: A's first
 repetition on (0.75) and every other slot off (0.25), W at scale.init (the paper's initialisation).
 """
 
@@ -18,16 +19,19 @@ from .evaluate import Workbench
 
 
 class DfsSpace:
-    def __init__(self, a: str, b: str, refs: dict, n_layers: int, repeats: int, layout: str, scale: dict):
+    def __init__(self, a: str, b: str, refs: dict, n_layers: int, repeats: int, layout: str, scale: dict,
+                 scales: str = "matrix"):
         if layout == "select" and repeats != 1:
             raise ValueError("search.dfs: layout `select` takes repeats: 1 (one layer per depth position)")
         self.a, self.b, self.refs, self.L, self.r, self.layout, self.scale = a, b, refs, n_layers, repeats, layout, scale
         self.order = slots(n_layers, repeats, layout)
         self.T, self.M = len(self.order), 2 * n_layers
+        self.scales = scales
+        self.n_scale = self.M * self.M if scales == "matrix" else self.M
 
     @property
     def dim(self) -> int:
-        return self.T + self.M * self.M
+        return self.T + self.n_scale
 
     def initial(self) -> np.ndarray:
         x = np.full(self.dim, 0.25)
@@ -42,7 +46,8 @@ class DfsSpace:
         if x.shape != (self.dim,):
             raise ValueError(f"genome of length {x.shape} given, the DFS space has {self.dim} genes")
         s = self.scale
-        W = (s["low"] + (s["high"] - s["low"]) * x[self.T:]).reshape(self.M, self.M)
+        g = s["low"] + (s["high"] - s["low"]) * x[self.T:]
+        W = g.reshape(self.M, self.M) if self.scales == "matrix" else np.tile(g, (self.M, 1))
         return path_from(x[:self.T] - 0.5, W, self.L, self.r, self.layout)
 
     def decode(self, x) -> dict:
@@ -116,7 +121,7 @@ class DfsWorkbench(Workbench):
     def make_space(self):
         d = self.cfg["search"]["dfs"]
         refs = {m["name"]: m["model"] for m in self.cfg["models"]}
-        self.space = DfsSpace(d["a"], d["b"], refs, self.n_layers, d["repeats"], d["layout"], d["scale"])
+        self.space = DfsSpace(d["a"], d["b"], refs, self.n_layers, d["repeats"], d["layout"], d["scale"], d["scales"])
         return self.space
 
     def candidate(self, params: dict):

@@ -90,7 +90,7 @@ def describe_search(s: dict, space) -> str:
     if s["space"] == "dfs":
         d = s["dfs"]
         return (f"DFS over A = {d['a']}, B = {d['b']} ({space.dim} genes: {space.T} slot indicators, layout "
-                f"{d['layout']}, {d['repeats']} repeat(s), and the {space.M} x {space.M} scaling matrix in "
+                f"{d['layout']}, {d['repeats']} repeat(s), and {space.n_scale} scaling genes ({d['scales']}) in "
                 f"[{d['scale']['low']}, {d['scale']['high']}])")
     groups = f" and layer group ({s['layer_groups']} groups)" if s["layer_groups"] > 1 else ""
     return f"{s['method']} ({space.dim} genes: {', '.join(s['params'])} per model{groups})"
