@@ -91,7 +91,6 @@ def cmd_evolve(args, default_config=None, benches=None) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .checkpoint import dtype_from_name

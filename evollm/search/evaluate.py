@@ -4,7 +4,6 @@ reusable model on the run's device, then scored by the task; nothing touches dis
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
