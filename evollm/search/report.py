@@ -63,7 +63,7 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_path(path, a: str, path_png: Path):
+def plot_path(path, a: str, b: str, path_png: Path):
     """The evolved architecture: hop k on x, source layer on y, A and B in two colours, scales written."""
     import matplotlib
     matplotlib.use("Agg")
@@ -75,7 +75,7 @@ def plot_path(path, a: str, path_png: Path):
         ax.scatter([k], [i], color="tab:blue" if m == a else "tab:orange", zorder=2, s=40)
         ax.annotate(f"{sc:.2f}", (k, i), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.scatter([], [], color="tab:blue", label=f"A = {a}")
-    ax.scatter([], [], color="tab:orange", label="B")
+    ax.scatter([], [], color="tab:orange", label=f"B = {b}")
     ax.set_xlabel("hop")
     ax.set_ylabel("source layer")
     ax.legend(fontsize=7)
@@ -89,7 +89,7 @@ def plot_path(path, a: str, path_png: Path):
 def describe_search(s: dict, space) -> str:
     if s["space"] == "dfs":
         d = s["dfs"]
-        return (f"DFS over A = {d['a']}, B = {d['b']} ({space.dim} genes: {space.T} slot indicators, layout "
+        return (f"the data-flow space of A = {d['a']} and B = {d['b']} ({space.dim} genes: {space.T} slot indicators, layout "
                 f"{d['layout']}, {d['repeats']} repeat(s), and {space.n_scale} scaling genes ({d['scales']}) in "
                 f"[{d['scale']['low']}, {d['scale']['high']}])")
     groups = f" and layer group ({s['layer_groups']} groups)" if s["layer_groups"] > 1 else ""
@@ -103,7 +103,7 @@ def write_report(out: Path, cfg: dict, data: dict, space, task) -> None:
     arch = []
     if s["space"] == "dfs":
         path = best["parameters"]["path"]
-        plot_path(path, s["dfs"]["a"], out / "path.png")
+        plot_path(path, s["dfs"]["a"], s["dfs"]["b"], out / "path.png")
         arch = ["The evolved architecture (hop: model, layer, input scale):", "",
                 "| hop | model | layer | scale |", "|---:|---|---:|---:|",
                 *[f"| {k} | {m} | {i} | {sc:.3f} |" for k, (m, i, sc) in enumerate(path)], "",
