@@ -84,7 +84,8 @@ def cmd_evolve(args, default_config=None, benches=None) -> int:
     data = run(cfg, out, resume=args.resume, progress=not args.quiet, benches=benches)
     print()
     print(table(data))
-    print(f"\nrun folder: {out} (report.md, best/recipe.yaml, best/model/)")
+    made = "ps/ and dfs/ (each with best/)" if (out / "ps").is_dir() else "best/recipe.yaml, best/model/"
+    print(f"\nrun folder: {out} (report.md, {made})")
     return 0
 
 
