@@ -12,12 +12,22 @@ start=$(date +%s)
 HF_HUB_OFFLINE=1 .venv/bin/$front merge --out "$out" --quiet "$@"
 secs=$(( $(date +%s) - start ))
 dest=benchmarks/evolve_world_$label
-cp "$out/fitness.png" "$dest.png"
+for f in fitness.png ps/fitness.png; do [ -f "$out/$f" ] && cp "$out/$f" "$dest.png" && break; done
+for f in path.png dfs/path.png; do [ -f "$out/$f" ] && cp "$out/$f" "$dest-path.png" && break; done
 {
   echo "# $front merge on the miniature world ($label)"
   echo
   echo "Command: \`${FRONT:+FRONT=$front }benchmarks/evolve_world.sh $label${*:+ $*}\` (run folder $out). Wall time end to end: $secs s."
-  tail -n +2 "$out/report.md" | sed "s#(fitness.png)#($(basename "$dest").png)#"
+  tail -n +2 "$out/report.md" | sed -e "s#(fitness.png)#($(basename "$dest").png)#" \
+    -e "s#(\(dfs/\)\?path.png)#($(basename "$dest")-path.png)#" \
+    -e "s#\[ps/report.md\](ps/report.md)#\`ps/report.md\` of the run folder#" \
+    -e "s#\[dfs/report.md\](dfs/report.md)#\`dfs/report.md\` (below)#"
+  if [ -f "$out/dfs/report.md" ]; then
+    echo; echo "## Phase 2 (DFS over the PS-merged model and B) in detail"; echo
+    tail -n +2 "$out/dfs/report.md" | sed -e "s#(fitness.png)#($(basename "$dest")-dfs.png)#" \
+      -e "s#(path.png)#($(basename "$dest")-path.png)#"
+    cp "$out/dfs/fitness.png" "$dest-dfs.png"
+  fi
 } > "$dest.md"
 if [ "$front" = evovlm ]; then
   bstart=$(date +%s)
