@@ -118,17 +118,21 @@ _TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dt
              "tokenizer_source"}
 
 
-def load_recipe(path) -> Recipe:
+def read_yaml(path, what: str = "recipe", error=RecipeError):
+    """A YAML file through `safe_load`; unreadable files and malformed YAML raise `error` naming the file."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise RecipeError(f"{path}: cannot read recipe ({e.strerror})") from None
+        raise error(f"{path}: cannot read {what} ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: malformed YAML: {e}") from None
-    return parse_recipe(data, origin=str(path))
+        raise error(f"{path}: malformed YAML: {e}") from None
+
+
+def load_recipe(path) -> Recipe:
+    return parse_recipe(read_yaml(path), origin=str(path))
 
 
 def parse_recipe(data: Any, origin: str = "<recipe>") -> Recipe:

@@ -230,16 +230,9 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
 
 def load_config(path=None) -> dict:
     """Read RUN.yaml (the miniature world's default experiment when `path` is None)."""
+    from ..recipe import read_yaml
     path = Path(path) if path else DEFAULT_CONFIG
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from None
-    return parse_config(data, str(path), path.resolve().parent)
+    return parse_config(read_yaml(path, "config", ConfigError), str(path), path.resolve().parent)
 
 
 def dump_config(cfg: dict) -> str:
