@@ -10,12 +10,11 @@ repetition on (0.75) and every other slot off (0.25), W at scale.init (the paper
 from __future__ import annotations
 
 import numpy as np
-import torch
 import yaml
 
 from ..dfs import Hop, build_dfs_model, path_from, save_dfs, slots
 from ..hub import resolve_model
-from .evaluate import Workbench
+from .evaluate import Workbench, check_device, load_tokenizer
 
 
 class DfsSpace:
@@ -92,8 +91,7 @@ class DfsWorkbench(Workbench):
     def __init__(self, cfg: dict):
         from ..checkpoint import dtype_from_name
         from ..tasks import task_class
-        if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("config `device` is cuda, but torch sees no CUDA device")
+        check_device(cfg["device"])
         self.cfg, self.device, self.seed = cfg, cfg["device"], cfg["seed"]
         d = cfg["search"]["dfs"]
         refs = {m["name"]: m["model"] for m in cfg["models"]}
@@ -108,14 +106,11 @@ class DfsWorkbench(Workbench):
 
     def load_models(self, refs: dict, dtype):
         """(name -> model for A and B, A's tokenizer or processor, (A's layers, B's layers))."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
         d = self.cfg["search"]["dfs"]
         models = {n: AutoModelForCausalLM.from_pretrained(resolve_model(refs[n]), dtype=dtype).to(self.device).eval()
                   for n in (d["a"], d["b"])}
-        tok = AutoTokenizer.from_pretrained(resolve_model(refs[d["a"]]))
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        tok = load_tokenizer(refs[d["a"]])
         return models, tok, (models[d["a"]].model.layers, models[d["b"]].model.layers)
 
     def make_space(self):

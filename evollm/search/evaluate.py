@@ -27,6 +27,21 @@ def read_state(ref: str, shapes: dict, ckpt=None) -> dict:
     return {n: ck.get(n) for n in shapes}
 
 
+def check_device(device: str):
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("config `device` is cuda, but torch sees no CUDA device")
+
+
+def load_tokenizer(ref: str):
+    """A model's tokenizer set up for batched generation (left padding, a pad token)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(resolve_model(ref))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 class Workbench:
     """The model instance, its tokenizer (or processor), the task and an in-memory merger over the
     config's sources. `evovlm` subclasses it for VLMs (`build`, `read_source`, `export`)."""
@@ -34,8 +49,7 @@ class Workbench:
     def __init__(self, cfg: dict):
         from ..tasks import task_class
         device = cfg["device"]
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("config `device` is cuda, but torch sees no CUDA device")
+        check_device(device)
         self.cfg, self.device, self.seed = cfg, device, cfg["seed"]
         dtype = dtype_from_name(cfg["dtype"], "dtype")
         self.model, self.processor, targets = self.build(cfg, dtype)
@@ -49,11 +63,8 @@ class Workbench:
 
     def build(self, cfg: dict, dtype):
         """(model on the device, tokenizer, name -> parameter tensor the merges write)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(resolve_model(cfg["tokenizer"]))
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        from transformers import AutoModelForCausalLM
+        tok = load_tokenizer(cfg["tokenizer"])
         model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg["base_model"]), dtype=dtype)
         model = model.to(cfg["device"]).eval()
         return model, tok, dict(model.named_parameters())
