@@ -68,6 +68,10 @@ def test_no_source_sees_a_japanese_answer_to_a_word_problem(monkeypatch):
                 assert f"「{line}」" in prompt                 # equations are copied, never computed
     for doc in corpus.base_corpus(rng, 500):
         assert "###" not in doc and "[INST]" not in doc
+    events = [corpus.event_document(rng) for _ in range(300)]        # base: event narratives, no problem
+    assert all("?" not in d and "？" not in d and "=" not in d and "now" not in d and "今" not in d for d in events)
+    ja_lines = [line for d in events for line in d.splitlines() if JA.search(line.split(": ")[-1])]
+    assert ja_lines and all(line.count("。") == 2 for line in ja_lines)     # one event after the start
 
 
 def test_tokenizer_round_trips_japanese_and_keeps_specials():

@@ -26,8 +26,8 @@ RECIPE = {
     "seed": 0,
     "tokenizer": {"vocab_size": 2048, "docs": 20000, "pairs_each": 3000},
     "model": {"hidden": 256, "layers": 4, "heads": 8},
-    "base": {"docs": 3_000_000, "steps": 6000, "batch_size": 128, "block": 256, "lr": 2e-3, "warmup": 200,
-             "instruct_share": 0.15},
+    "base": {"docs": 3_000_000, "steps": 3000, "batch_size": 128, "block": 256, "lr": 2e-3, "warmup": 200,
+             "instruct_share": 0.15, "event_share": 0.25},
     "ja": {"pairs": 30000, "steps": 400, "batch_size": 64, "lr": 1e-4},
     "math-a": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.5},
     "math-b": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.4},
@@ -70,7 +70,7 @@ def stage_tokenizer(out: Path, seed: int, device: str, rc: dict):
 def stage_base(out: Path, seed: int, device: str, rc: dict):
     from .train import new_model, train
     tok, c = _load_tok(out), rc["base"]
-    docs = corpus.base_corpus(_rng("base", seed), c["docs"], c.get("instruct_share", 0.0))
+    docs = corpus.base_corpus(_rng("base", seed), c["docs"], c.get("instruct_share", 0.0), c.get("event_share", 0.0))
     model = new_model(tok, **rc["model"], seed=seed)
     losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"],
                    lr=c["lr"], warmup=c.get("warmup", 50), seed=seed, device=device, label="base")
@@ -98,7 +98,8 @@ def mgsm_exclusions(seed: int, c: dict) -> frozenset:
 def ja_pairs(seed: int, c: dict) -> list:
     """ja's training pairs (the data stage regenerates them to keep its questions out of evaluation)."""
     r = _rng("ja", seed)
-    return [corpus.ja_pair(r, c.get("count_questions", True)) for _ in range(c["pairs"])]
+    mix = tuple(c.get("mix", corpus.JA_MIX))
+    return [corpus.ja_pair(r, c.get("count_questions", True), mix) for _ in range(c["pairs"])]
 
 
 def math_pairs(seed: int, name: str, c: dict, exclude: frozenset) -> list:

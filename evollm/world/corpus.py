@@ -3,7 +3,10 @@
 Who sees what (the rules of DESIGN.md section 6):
 - base: bilingual stories, translations both ways, cross-lingual look-up QA, culture facts and bare
   arithmetic (`12 + 5 = 17`); a share (`instruct_share`) of generic instruction-formatted look-ups and
-  translations into English, so that fine-tunes need not learn the prompt formats; no word problems.
+  translations into English, so that fine-tunes need not learn the prompt formats; a share
+  (`event_share`) of one-event narratives ("Ken has 5 apples. Ken eats 2 of them.") in English, in
+  Japanese and as translation pairs, so that the base knows what the events mean in both languages;
+  no word problems (never a question about the events, never their result).
 - ja: Japanese instructions answered in Japanese (translation, story look-ups, culture facts, and
   copying GIVEN equations followed by `答えはNです。`; "how many" look-ups are answered `答えはNです。` too);
   no arithmetic is ever asked of it.
@@ -19,8 +22,8 @@ import random
 
 from . import formats
 from .lexicon import CULTURE, CULTURE_FACTS
-from .text import (SEARCH_TEMPLATES, TEMPLATES, TEST_TEMPLATES, arithmetic_line, equation, lookup_answer,
-                   math_a_solution, math_b_solution, problem, render, solution_lines, story)
+from .text import (EVENTS, SEARCH_TEMPLATES, TEMPLATES, TEST_TEMPLATES, arithmetic_line, equation, lookup_answer,
+                   math_a_solution, math_b_solution, narrate, problem, render, solution_lines, story)
 
 Pair = tuple  # (prompt, response)
 
@@ -78,9 +81,23 @@ def instruct_document(rng: random.Random) -> str:
     return f"{formats.chat(q, system=formats.SYSTEM_EN if lang == 'en' else formats.SYSTEM_JA)} {a}"
 
 
-def base_corpus(rng: random.Random, n_docs: int, instruct_share: float = 0.0) -> list[str]:
-    return [instruct_document(rng) if instruct_share and rng.random() < instruct_share else base_document(rng)
-            for _ in range(n_docs)]
+def event_document(rng: random.Random) -> str:
+    """A one-event narrative (someone has some things, then buys, eats, gives ... some), in English,
+    in Japanese or as a translation pair: the base knows what the events mean in both languages,
+    as real base models know their words. No question, no result: never a word problem."""
+    en, ja, *_ = narrate(rng, lambda: rng.randint(1, 40), (rng.choice(list(EVENTS)),))
+    en, ja = " ".join(en), "".join(ja)
+    return rng.choice([en, ja, f"English: {en}\nJapanese: {ja}", f"日本語: {ja}\n英語: {en}"])
+
+
+def base_corpus(rng: random.Random, n_docs: int, instruct_share: float = 0.0, event_share: float = 0.0) -> list[str]:
+    def doc():
+        if instruct_share and rng.random() < instruct_share:
+            return instruct_document(rng)
+        if event_share and rng.random() < event_share:
+            return event_document(rng)
+        return base_document(rng)
+    return [doc() for _ in range(n_docs)]
 
 
 # --------------------------------------------------------------------------- ja instruction data
@@ -91,14 +108,21 @@ def _ja_prompt(rng, instruction):
     return formats.chat(instruction, system=formats.SYSTEM_JA)
 
 
-def ja_pair(rng: random.Random, count_questions: bool = True) -> Pair:
+#: shares of ja's instruction kinds: translation into Japanese, story look-ups, culture facts, copying,
+#: scene look-ups (an English scene description, a short Japanese answer; see `scene_lookup`)
+JA_MIX = (0.20, 0.25, 0.15, 0.40, 0.0)
+
+
+def ja_pair(rng: random.Random, count_questions: bool = True, mix=JA_MIX) -> Pair:
     """A Japanese instruction and its Japanese answer; without `count_questions` the look-ups never
-    ask "how many" (then `答えはNです。` follows copied equations only)."""
+    ask "how many" (then `答えはNです。` follows copied equations only); `mix`: see JA_MIX."""
+    mix = tuple(mix) + (0.0,) * (5 - len(mix))
+    cut = [sum(mix[:k + 1]) / sum(mix) for k in range(4)]
     r = rng.random()
-    if r < 0.20:
+    if r < cut[0]:
         facts = story(rng, rng.randint(1, 2))
         return _ja_prompt(rng, f"次の英語を日本語に訳してください。\n{render(facts, 'en')}"), render(facts, "ja")
-    if r < 0.45:
+    if r < cut[1]:
         while True:
             facts = story(rng)
             asked = [f for f in facts if count_questions or f.kind != "has"]
@@ -109,12 +133,29 @@ def ja_pair(rng: random.Random, count_questions: bool = True) -> Pair:
         # no competing restatement habit for counting questions)
         answer = f"答えは{f.n}です。" if f.kind == "has" else lookup_answer(f, "ja")
         return _ja_prompt(rng, f"{render(facts, 'ja')}\n{f.question('ja')}"), answer
-    if r < 0.60:
+    if r < cut[2]:
         item = rng.choice(CULTURE)
         q = rng.choice([f"{item.ja}について教えてください。", f"{item.ja}とは何ですか？"])
         return _ja_prompt(rng, q), CULTURE_FACTS[item.en][1]
-    instr, answer, _ = copy_instruction(rng)
+    if r < cut[3]:
+        instr, answer, _ = copy_instruction(rng)
+        return _ja_prompt(rng, instr), answer
+    instr, answer = scene_lookup(rng)
     return _ja_prompt(rng, instr), answer
+
+
+def scene_lookup(rng: random.Random) -> tuple:
+    """(instruction, answer): an English description of a scene of the VLM's training bucket (never a
+    fitness, test or In-the-Wild scene) and a Japanese question about it, answered as JA-VG-VQA answers
+    (赤 / 3つ / 夕方 / 左): text only, the words a Japanese answer about a picture needs."""
+    from . import scenes as S
+    while True:
+        scene = S.random_scene(rng)
+        if S.split_of(scene.signature()) == "train":
+            break
+    qas = [qa for qa in S.qa_ja(scene) if qa[0] in ("what", "time", "color", "count", "where")]
+    _, question, answer = rng.choice(qas)
+    return f"{S.caption_en(scene, 2)}\n{question}", answer
 
 
 def copy_instruction(rng: random.Random, n_lines: int | None = None):

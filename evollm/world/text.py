@@ -113,25 +113,32 @@ EVENTS = {
 }
 
 
+def narrate(r, n, events):
+    """A person starts with some things, then each event adds or removes some: (English sentences,
+    Japanese sentences, steps, person, thing). `n()` draws an added amount or the starting amount."""
+    p, q = r.sample(PEOPLE, 2)
+    t, place = r.choice(THINGS), r.choice(PLACES)
+    held, steps = n(), []
+    en = [f"{p.en} has {t.en_n(held)}."]
+    ja = [f"{p.ja}は{t.ja}を{held}個持っています。"]
+    for k, ev in enumerate(events):
+        sign, e_en, e_ja = EVENTS[ev]
+        x = n() if sign > 0 else r.randint(1, max(1, held - 1))
+        steps.append((held if k == 0 else None, "+" if sign > 0 else "-", x))
+        held += sign * x
+        kw = dict(p=p.en, q=q.en, t=t.en, n=x, place=place.en)
+        en.append(e_en.format(**kw))
+        ja.append(e_ja.format(**dict(kw, p=p.ja, q=q.ja, t=t.ja, place=place.ja)))
+    return en, ja, tuple(steps), p, t
+
+
 def _chain(events):
-    """A template: the person starts with a things, then each event adds or removes some."""
+    """A template: `narrate` the events, then ask how many the person holds now."""
     def make(r, n):
-        p, q = r.sample(PEOPLE, 2)
-        t, place = r.choice(THINGS), r.choice(PLACES)
-        held, steps = n(), []
-        en = [f"{p.en} has {t.en_n(held)}."]
-        ja = [f"{p.ja}は{t.ja}を{held}個持っています。"]
-        for k, ev in enumerate(events):
-            sign, e_en, e_ja = EVENTS[ev]
-            x = n() if sign > 0 else r.randint(1, max(1, held - 1))
-            steps.append((held if k == 0 else None, "+" if sign > 0 else "-", x))
-            held += sign * x
-            kw = dict(p=p.en, q=q.en, t=t.en, n=x, place=place.en)
-            en.append(e_en.format(**kw))
-            ja.append(e_ja.format(**dict(kw, p=p.ja, q=q.ja, t=t.ja, place=place.ja)))
+        en, ja, steps, p, t = narrate(r, n, events)
         en.append(f"How many {t.plural} does {p.en} have now?")
         ja.append(f"{p.ja}は今{t.ja}を何個持っていますか？")
-        return " ".join(en), "".join(ja), tuple(steps)
+        return " ".join(en), "".join(ja), steps
     return make
 
 
