@@ -98,8 +98,7 @@ def mgsm_exclusions(seed: int, c: dict) -> frozenset:
 def ja_pairs(seed: int, c: dict) -> list:
     """ja's training pairs (the data stage regenerates them to keep its questions out of evaluation)."""
     r = _rng("ja", seed)
-    mix = tuple(c.get("mix", corpus.JA_MIX))
-    return [corpus.ja_pair(r, c.get("count_questions", True), mix) for _ in range(c["pairs"])]
+    return [corpus.ja_pair(r, c.get("count_questions", True)) for _ in range(c["pairs"])]
 
 
 def math_pairs(seed: int, name: str, c: dict, exclude: frozenset) -> list:

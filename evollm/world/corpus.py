@@ -108,21 +108,14 @@ def _ja_prompt(rng, instruction):
     return formats.chat(instruction, system=formats.SYSTEM_JA)
 
 
-#: shares of ja's instruction kinds: translation into Japanese, story look-ups, culture facts, copying,
-#: scene look-ups (an English scene description, a short Japanese answer; see `scene_lookup`)
-JA_MIX = (0.20, 0.25, 0.15, 0.40, 0.0)
-
-
-def ja_pair(rng: random.Random, count_questions: bool = True, mix=JA_MIX) -> Pair:
+def ja_pair(rng: random.Random, count_questions: bool = True) -> Pair:
     """A Japanese instruction and its Japanese answer; without `count_questions` the look-ups never
-    ask "how many" (then `答えはNです。` follows copied equations only); `mix`: see JA_MIX."""
-    mix = tuple(mix) + (0.0,) * (5 - len(mix))
-    cut = [sum(mix[:k + 1]) / sum(mix) for k in range(4)]
+    ask "how many" (then `答えはNです。` follows copied equations only)."""
     r = rng.random()
-    if r < cut[0]:
+    if r < 0.20:
         facts = story(rng, rng.randint(1, 2))
         return _ja_prompt(rng, f"次の英語を日本語に訳してください。\n{render(facts, 'en')}"), render(facts, "ja")
-    if r < cut[1]:
+    if r < 0.45:
         while True:
             facts = story(rng)
             asked = [f for f in facts if count_questions or f.kind != "has"]
@@ -133,29 +126,12 @@ def ja_pair(rng: random.Random, count_questions: bool = True, mix=JA_MIX) -> Pai
         # no competing restatement habit for counting questions)
         answer = f"答えは{f.n}です。" if f.kind == "has" else lookup_answer(f, "ja")
         return _ja_prompt(rng, f"{render(facts, 'ja')}\n{f.question('ja')}"), answer
-    if r < cut[2]:
+    if r < 0.60:
         item = rng.choice(CULTURE)
         q = rng.choice([f"{item.ja}について教えてください。", f"{item.ja}とは何ですか？"])
         return _ja_prompt(rng, q), CULTURE_FACTS[item.en][1]
-    if r < cut[3]:
-        instr, answer, _ = copy_instruction(rng)
-        return _ja_prompt(rng, instr), answer
-    instr, answer = scene_lookup(rng)
+    instr, answer, _ = copy_instruction(rng)
     return _ja_prompt(rng, instr), answer
-
-
-def scene_lookup(rng: random.Random) -> tuple:
-    """(instruction, answer): an English description of a scene of the VLM's training bucket (never a
-    fitness, test or In-the-Wild scene) and a Japanese question about it, answered as JA-VG-VQA answers
-    (赤 / 3つ / 夕方 / 左): text only, the words a Japanese answer about a picture needs."""
-    from . import scenes as S
-    while True:
-        scene = S.random_scene(rng)
-        if S.split_of(scene.signature()) == "train":
-            break
-    qas = [qa for qa in S.qa_ja(scene) if qa[0] in ("what", "time", "color", "count", "where")]
-    _, question, answer = rng.choice(qas)
-    return f"{S.caption_en(scene, 2)}\n{question}", answer
 
 
 def copy_instruction(rng: random.Random, n_lines: int | None = None):

@@ -134,18 +134,47 @@ def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, layer_groups=1,
     return best
 
 
-def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0, device: str = "cpu",
-            weight_max: float = 1.0, log=lambda *a: print(*a, flush=True)) -> dict:
-    """JA-VG-VQA (world) test: vlm-en, untuned and searched merges of its language tower with ja."""
+def _vqa_merger(world: Path, device: str, vlm_dir=None):
+    """(vlm, processor, merger): an in-memory merger over the VLM's language tower, base and ja."""
     from safetensors.torch import load_file
-    from evovlm.data import load_in_the_wild, load_ja_vg_vqa
-    from .vlm import evaluate_vqa, load_vlm
-    vlm, proc = load_vlm(world / "models" / "vlm-en", device)
     from evovlm.model import LanguageTower
+    from .vlm import load_vlm
+    vlm, proc = load_vlm(vlm_dir or world / "models" / "vlm-en", device)
     tower = LanguageTower(vlm)
     base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in ("base", "ja"))
     vlm_lm = {k: v.detach().clone() for k, v in tower.state_dict().items()}
-    merger = InMemoryMerger(tower, base, {"vlm-en": vlm_lm, "ja": ja}, device)
+    return vlm, proc, InMemoryMerger(tower, base, {"vlm-en": vlm_lm, "ja": ja}, device)
+
+
+#: (vlm-en weight, ja weight) points of `vqa_grid`
+VQA_GRID = ((1, 0), (0, 1), (1, 1), (1, 0.7), (0.7, 1), (0.5, 1), (0.5, 0.7))
+
+
+def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", points=VQA_GRID,
+             log=lambda *a: print(*a, flush=True)) -> dict:
+    """Task arithmetic over (vlm-en's tower, ja) at `points`, on the first `items` fitness and test
+    rows: the probe of assets/README.md's lab notebook (`vlm_dir`: another VLM built from this base)."""
+    from evovlm.data import load_ja_vg_vqa
+    from .vlm import evaluate_vqa
+    vlm, proc, merger = _vqa_merger(world, device, vlm_dir)
+    d = world / "data" / "ja-vg-vqa-500"
+    sets = {s: load_ja_vg_vqa(str(d / f"{f}.parquet")).select(range(items)) for s, f in (("fit", "train"), ("test", "test"))}
+    out = {}
+    for wv, wj in points:
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, "ja": {"weight": wj}})
+        r = {s: evaluate_vqa(vlm, proc, ds, max_new_tokens=24) for s, ds in sets.items()}
+        out[f"{wv}/{wj}"] = {s: round(x["rouge_l"], 1) for s, x in r.items()}
+        log(f"vlm-en {wv} ja {wj}: fitness {out[f'{wv}/{wj}']['fit']:5.1f} test {out[f'{wv}/{wj}']['test']:5.1f}  "
+            f"{list(zip(r['test']['questions'][:3], r['test']['predictions'][:3]))}")
+    return out
+
+
+def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0, device: str = "cpu",
+            weight_max: float = 1.0, log=lambda *a: print(*a, flush=True)) -> dict:
+    """JA-VG-VQA (world) test: vlm-en, untuned and searched merges of its language tower with ja."""
+    from evovlm.data import load_in_the_wild, load_ja_vg_vqa
+    from .vlm import evaluate_vqa
+    vlm, proc, merger = _vqa_merger(world, device)
     data = world / "data"
     fit = load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "train.parquet"))
     fit = fit.select(range(min(fitness_items, len(fit))))
@@ -216,7 +245,8 @@ def main(argv=None):
     quiet_progress()
     ap = argparse.ArgumentParser(prog="python -m evollm.world.report")
     ap.add_argument("--world", default="assets")
-    ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa"])
+    ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa", "vqa-grid"])
+    ap.add_argument("--vlm", help="with --target vqa-grid: a VLM folder other than WORLD/models/vlm-en")
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--fitness-items", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -226,6 +256,11 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="write the numbers as JSON here")
     args = ap.parse_args(argv)
+    if args.target == "vqa-grid":
+        res = vqa_grid(Path(args.world), args.vlm, device=args.device)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return
     if args.target == "vqa":
         res = run_vqa(Path(args.world), args.budget, args.fitness_items, args.seed, args.device, args.weight_max)
     else:
