@@ -39,3 +39,19 @@ def test_cma_search_over_layer_groups():
     assert all(w[0] == w[1] and w[2] == w[3] for p in seen for w in [p["x"]["weight"]])
     assert all(0 <= v <= 1 for p in seen for v in p["x"]["weight"])          # the default bound: [0, 1]
     assert abs(per["x"]["weight"][0] - 0.2) < 0.1 and abs(per["x"]["weight"][2] - 0.9) < 0.1
+
+
+def test_vqa_grid_merges_the_tower_and_scores_both_splits():
+    """The lab notebook's VQA probe: at (vlm-en 1, ja 0) the merged tower is vlm-en's own, so it scores
+    what the VLM scores unmerged."""
+    from pathlib import Path
+    from evovlm.data import load_ja_vg_vqa
+    from evollm.world.vlm import evaluate_vqa, load_vlm
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    res = report.vqa_grid(assets, items=3, points=((1, 0), (0, 1)), log=lambda *_: None)
+    assert set(res) == {"1/0", "0/1"} and all(0 <= r[s] <= 100 for r in res.values() for s in ("fit", "test"))
+    vlm, proc = load_vlm(assets / "models" / "vlm-en")
+    test = load_ja_vg_vqa(str(assets / "data" / "ja-vg-vqa-500" / "test.parquet")).select(range(3))
+    plain = evaluate_vqa(vlm, proc, test, max_new_tokens=24)
+    assert res["1/0"]["test_predictions"] == plain["predictions"] != res["0/1"]["test_predictions"]
+    assert res["1/0"]["test"] == round(plain["rouge_l"], 1)

@@ -163,8 +163,10 @@ def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", p
     for wv, wj in points:
         merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, "ja": {"weight": wj}})
         r = {s: evaluate_vqa(vlm, proc, ds, max_new_tokens=24) for s, ds in sets.items()}
-        out[f"{wv}/{wj}"] = {s: round(x["rouge_l"], 1) for s, x in r.items()}
-        log(f"vlm-en {wv} ja {wj}: fitness {out[f'{wv}/{wj}']['fit']:5.1f} test {out[f'{wv}/{wj}']['test']:5.1f}  "
+        key = f"{wv}/{wj}"
+        out[key] = {s: round(x["rouge_l"], 1) for s, x in r.items()}
+        out[key]["test_predictions"] = r["test"]["predictions"]
+        log(f"vlm-en {wv} ja {wj}: fitness {out[key]['fit']:5.1f} test {out[key]['test']:5.1f}  "
             f"{list(zip(r['test']['questions'][:3], r['test']['predictions'][:3]))}")
     return out
 
