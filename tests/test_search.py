@@ -241,7 +241,9 @@ def test_init_from_a_recipe_starts_the_search_there(tmp_path):
     sp = make_space(cfg, 4)
     x0 = sp.genome(load_recipe(cfg["search"]["init_from"]))
     per = sp.per_model(x0)
-    assert per["ja"]["weight"] == [0.9149] * 4 and per["math-b"]["density"] == [0.2368] * 4
+    given = {m.model.rsplit("/", 1)[-1]: m.parameters for m in load_recipe(cfg["search"]["init_from"]).models}
+    assert per["ja"]["weight"] == [given["ja"]["weight"]] * 4
+    assert per["math-b"]["density"] == [given["math-b"]["density"]] * 4
     d["search"]["init_from"] = "nope.yaml"
     with pytest.raises(C.ConfigError, match="search.init_from"):
         C.parse_config(d, "RUN.yaml", ROOT / "configs")
