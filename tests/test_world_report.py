@@ -1,5 +1,6 @@
 """The world report's baselines and its CMA-ES search (seeded, bounded, improving)."""
 
+import numpy as np
 import pytest
 
 from evollm.tasks import mgsm
@@ -55,3 +56,18 @@ def test_vqa_grid_merges_the_tower_and_scores_both_splits():
     plain = evaluate_vqa(vlm, proc, test, max_new_tokens=24)
     assert res["1/0"]["test_predictions"] == plain["predictions"] != res["0/1"]["test_predictions"]
     assert res["1/0"]["test"] == round(plain["rouge_l"], 1)
+
+
+def test_mgsm_grid_at_a_single_source_scores_that_source():
+    """The lab notebook's fine-tune probe: at (ja 0, math-a 1) the merge is math-a itself."""
+    from pathlib import Path
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    res = report.mgsm_grid(assets, items=8, points=((0, 1), (1, 0)), log=lambda *_: None)
+    tok, sd, model = report.load_world(assets)
+    fit = report.read_rows(assets / "data" / "mgsm-ja" / "fitness.jsonl")
+    sub = [fit[i] for i in sorted(np.random.RandomState(1).choice(len(fit), 8, replace=False))]
+    model.load_state_dict(sd["math-a"])
+    r = mgsm.evaluate(model, tok, sub, max_new_tokens=48, batch_size=256)
+    assert res["grid"]["0/1"] == {k: round(v, 1) for k, v in r.items() if k != "items"}
+    assert res["grid"]["0/1"]["lang_rate"] == 0 < res["grid"]["1/0"]["lang_rate"]
+    assert set(res["untuned"]) == {"task arithmetic 1/1/1", "TIES d=0.5", "DARE-TIES d=0.5"}

@@ -146,6 +146,32 @@ def _vqa_merger(world: Path, device: str, vlm_dir=None):
     return vlm, proc, InMemoryMerger(tower, base, {"vlm-en": vlm_lm, "ja": ja}, device)
 
 
+#: (ja weight, math-a weight) points of `mgsm_grid`
+MGSM_GRID = tuple((wj, wm) for wj in (0.7, 0.85, 1.0) for wm in (0.4, 0.6, 0.8))
+
+
+def mgsm_grid(world: Path, items: int = 150, seed: int = 1, device: str = "cpu", points=MGSM_GRID,
+              log=lambda *a: print(*a, flush=True)) -> dict:
+    """Task arithmetic over (ja, math-a) at `points` (math-b 0) on a seeded subset of `items` Japanese
+    math fitness rows, beside the task vectors and the untuned merges: the fine-tune probe of
+    assets/README.md's lab notebook (attempt 6). Rates as `evaluate` (x100), 48 new tokens."""
+    tok, sd, model = load_world(world, device)
+    fit = read_rows(world / "data" / "mgsm-ja" / "fitness.jsonl")
+    sub = [fit[i] for i in sorted(np.random.RandomState(seed).choice(len(fit), items, replace=False))]
+    score = lambda m: {k: round(v, 1) for k, v in mgsm.evaluate(m, tok, sub, max_new_tokens=48, batch_size=256).items()
+                       if k != "items"}
+    out = {"task_vectors": task_vector_stats(sd), "untuned": {}, "grid": {}}
+    merger = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES}, device)
+    for label, (method, g, per) in untuned(SOURCES).items():
+        out["untuned"][label] = score(merger.merge(method, g, per, seed=0))["accuracy"]
+    for wj, wm in points:
+        r = score(merger.merge("task_arithmetic", {}, {"ja": {"weight": wj}, "math-a": {"weight": wm},
+                                                        "math-b": {"weight": 0.0}}))
+        out["grid"][f"{wj}/{wm}"] = r
+        log(f"ja {wj} math-a {wm}: {r}")
+    return out
+
+
 #: (vlm-en weight, ja weight) points of `vqa_grid`
 VQA_GRID = ((1, 0), (0, 1), (1, 1), (1, 0.7), (0.7, 1), (0.5, 1), (0.5, 0.7))
 
@@ -247,7 +273,8 @@ def main(argv=None):
     quiet_progress()
     ap = argparse.ArgumentParser(prog="python -m evollm.world.report")
     ap.add_argument("--world", default="assets")
-    ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa", "vqa-grid"])
+    ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa", "mgsm-grid", "vqa-grid"],
+                    help="a test table with a search, or a task-arithmetic grid probe (*-grid)")
     ap.add_argument("--vlm", help="with --target vqa-grid: a VLM folder other than WORLD/models/vlm-en")
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--fitness-items", type=int, default=200)
@@ -258,18 +285,19 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="write the numbers as JSON here")
     args = ap.parse_args(argv)
-    if args.target == "vqa-grid":
-        res = vqa_grid(Path(args.world), args.vlm, device=args.device)
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=1))
-        return
-    if args.target == "vqa":
-        res = run_vqa(Path(args.world), args.budget, args.fitness_items, args.seed, args.device, args.weight_max)
+    world = Path(args.world)
+    if args.target == "mgsm-grid":
+        res = mgsm_grid(world, device=args.device)
+    elif args.target == "vqa-grid":
+        res = vqa_grid(world, args.vlm, device=args.device)
+    elif args.target == "vqa":
+        res = run_vqa(world, args.budget, args.fitness_items, args.seed, args.device, args.weight_max)
     else:
-        res = run(Path(args.world), args.target, args.budget, args.fitness_items, args.seed, args.device,
+        res = run(world, args.target, args.budget, args.fitness_items, args.seed, args.device,
                   args.layer_groups, args.weight_max)
         print(table(res))
-    print("searched recipe:", json.dumps(res["search"], ensure_ascii=False))
+    if "search" in res:
+        print("searched recipe:", json.dumps(res["search"], ensure_ascii=False))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1, ensure_ascii=False, default=str))
 
