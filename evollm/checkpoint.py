@@ -20,6 +20,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from .fsutil import AtomicFolder, check_free, disk_full  # noqa: F401 (AtomicFolder: re-exported)
+
 ST_DTYPES: Dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -48,8 +50,10 @@ def dtype_from_name(name: str, where: str = "dtype") -> torch.dtype:
 
 
 def read_safetensors_header(path: Path) -> Tuple[dict, int]:
-    """(header dict, byte offset of the data section) of one .safetensors file."""
+    """(header dict, byte offset of the data section) of one .safetensors file, checked: every tensor
+    entry has a dtype, a shape and data offsets inside the file whose size matches dtype x shape."""
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) != 8:
@@ -57,10 +61,54 @@ def read_safetensors_header(path: Path) -> Tuple[dict, int]:
             (n,) = struct.unpack("<Q", raw)
             if n > 100_000_000:
                 raise CheckpointError(f"{path}: not a safetensors file (header size {n})")
+            if 8 + n > size:
+                raise CheckpointError(f"{path}: corrupt safetensors header (the file ends inside it: {size} bytes, "
+                                      f"the header needs {8 + n}); the file is truncated")
             header = json.loads(f.read(n))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
+    for name, info in header.items():
+        if name != "__metadata__":
+            _check_entry(path, name, info, size - 8 - n)
     return header, 8 + n
+
+
+#: bytes per element of the safetensors dtypes torch has no dtype for here
+_ST_SIZES = {"U16": 2, "U32": 4, "U64": 8, "C64": 8, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1}
+
+
+def _check_entry(path: Path, name: str, info, data_size: int) -> None:
+    """One tensor entry of a safetensors header: dtype, shape, offsets inside the data section."""
+    where = f"{path}: tensor {name}"
+    if not isinstance(info, dict) or any(k not in info for k in ("dtype", "shape", "data_offsets")):
+        raise CheckpointError(f"{where}: header entry needs dtype, shape and data_offsets, got {info!r:.120}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    ints = lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    if not ints(shape) or not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise CheckpointError(f"{where}: bad shape {shape!r:.60} or data_offsets {offsets!r:.60} in the header")
+    if offsets[1] > data_size:
+        raise CheckpointError(f"{path}: truncated at tensor {name} (its data ends at byte {offsets[1]} of the data "
+                              f"section, which has {data_size})")
+    code = info["dtype"]
+    item = ST_DTYPES[code].itemsize if code in ST_DTYPES else _ST_SIZES.get(code)
+    if item is not None and offsets[1] - offsets[0] != item * math.prod(shape):
+        raise CheckpointError(f"{where}: {offsets[1] - offsets[0]} bytes of data for dtype {code} and shape "
+                              f"{shape} ({item * math.prod(shape)} bytes)")
+
+
+def read_json(path: Path, what: str = "") -> dict:
+    """A JSON object from a file; an error names the file (and line) if it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{what}{path}: invalid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{what}{path}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what}{path}: expected a JSON object, got a {type(data).__name__}")
+    return data
 
 
 class Checkpoint:
@@ -76,7 +124,7 @@ class Checkpoint:
         if not self.path.is_dir():
             raise CheckpointError(f"model {self.name}: {self.path} is not a folder")
         cfg = self.path / "config.json"
-        self.config: dict = json.loads(cfg.read_text()) if cfg.exists() else {}
+        self.config: dict = read_json(cfg, f"model {self.name}: ") if cfg.exists() else {}
         self._entries: Dict[str, Tuple[Path, str, Tuple[int, ...], int, int]] = {}
         self._pickled: Dict[str, Path] = {}
         self._pickle_cache: Tuple[Optional[Path], dict] = (None, {})
@@ -100,9 +148,11 @@ class Checkpoint:
             if index.exists():
                 if index_name.endswith(".bin.index.json") and not allow_pickle:
                     break
-                weight_map = json.loads(index.read_text())["weight_map"]
+                weight_map = read_json(index, f"model {self.name}: ").get("weight_map")
+                if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                    raise CheckpointError(f"model {self.name}: {index} has no weight_map of tensor name -> file")
                 files = sorted({p / v for v in weight_map.values()})
-                missing = [str(f) for f in files if not f.exists()]
+                missing = [str(f) for f in files if not f.is_file()]
                 if missing:
                     raise CheckpointError(f"model {self.name}: {index} lists missing shards {missing}")
                 return files
@@ -162,6 +212,40 @@ class Checkpoint:
         return buf.view(dtype).reshape(shape)
 
 
+def vlm_architecture(config: dict) -> Optional[str]:
+    """The class of a vision-language model's config (model_type llava / llava_next, or any config with
+    a vision_config), e.g. 'LlavaForConditionalGeneration'; None for other models."""
+    if config.get("model_type") not in ("llava", "llava_next") and "vision_config" not in config:
+        return None
+    archs = config.get("architectures")
+    return archs[0] if isinstance(archs, list) and archs else f"model_type {config.get('model_type')!r}"
+
+
+def check_model_folder(path, name: Optional[str] = None, kind: Optional[str] = "causal-lm") -> dict:
+    """Check a model folder cheaply (config.json and every safetensors header, no tensor read) before
+    transformers loads it; with ``kind`` 'causal-lm' or 'vlm' also that it is one. Returns its config."""
+    ck = Checkpoint(path, name)
+    name, cfg_file = ck.name, ck.path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"model {name}: no config.json in {ck.path}")
+    model_type, vlm = ck.config.get("model_type"), vlm_architecture(ck.config)
+    if not isinstance(model_type, str):
+        raise CheckpointError(f"model {name}: {cfg_file} has no model_type")
+    if kind == "causal-lm":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        if vlm:
+            raise CheckpointError(f"model {name} is a vision-language model ({vlm}), not a causal LM: score it "
+                                  f"with `evovlm bench --model {name}`, merge it with `evovlm merge`")
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise CheckpointError(f"model {name}: model_type {model_type!r} ({cfg_file}) is not a causal LM "
+                                  "architecture that transformers knows")
+    elif kind == "vlm" and not vlm:
+        arch = (ck.config.get("architectures") or [model_type])[0]
+        raise CheckpointError(f"model {name} is not a vision-language model ({arch}; no vision_config in its "
+                              f"config.json): score a causal LM with `evollm eval --model {name}`")
+    return ck.config
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -195,6 +279,7 @@ class ShardedWriter:
     def __init__(self, folder: Path, specs, max_shard_bytes: int = 5 * 1024**3, metadata=None):
         self.folder = Path(folder)
         self.shards = _shard_plan(list(specs), max_shard_bytes)
+        check_free(self.folder, sum(_nbytes(s[1], s[2]) for shard in self.shards for s in shard), "checkpoint")
         n = len(self.shards)
         self.files = (["model.safetensors"] if n == 1 else
                       [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
@@ -228,7 +313,8 @@ class ShardedWriter:
         if tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise RuntimeError(f"tensor {name}: planned {dtype} {shape}, got {tensor.dtype} {tuple(tensor.shape)}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        fh.write(memoryview(data.numpy()))
+        with disk_full(self.folder):
+            fh.write(memoryview(data.numpy()))
         self.bytes_written += data.numel()
         self._next += 1
 
@@ -245,44 +331,6 @@ class ShardedWriter:
     def abort(self) -> None:
         for fh in self._handles:
             fh.close()
-
-
-class AtomicFolder:
-    """A temporary sibling folder that replaces ``target`` only on success.
-
-    Refuses an existing ``target`` unless ``force``; with ``force`` the old folder is removed
-    only after the new one is complete. On an exception the temporary folder is deleted and
-    ``target`` is left as it was.
-    """
-
-    def __init__(self, target, force: bool = False):
-        self.target = Path(target)
-        self.force = force
-        if self.target.exists() and not force:
-            raise FileExistsError(
-                f"output folder {self.target} already exists; pass --force to replace it "
-                "(it is replaced only once the new output is complete)")
-        self.tmp = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}"
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.target.exists():
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-            os.rename(self.target, old)
-        os.rename(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 def copy_files(src: Path, dst: Path, names: Iterable[str]) -> List[str]:

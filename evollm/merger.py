@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .checkpoint import (TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter,
-                         copy_files, dtype_from_name)
+                         copy_files, dtype_from_name, vlm_architecture)
 from .hub import resolve_model
 from .merge import tensor_generator
 from .merge.methods import MergeMethod
@@ -86,6 +86,11 @@ def decoder_layers(names, want: Optional[int] = None) -> Tuple[Optional[str], in
 
 def _check_configs(ckpts: Dict[str, Checkpoint], same_depth: bool) -> None:
     refs = list(ckpts)
+    for r in refs:
+        vlm = vlm_architecture(ckpts[r].config)
+        if vlm:
+            raise MergeError(f"model {r} is a vision-language model ({vlm}); merge a recipe that names a VLM "
+                             "with `evovlm merge --recipe`")
     first = ckpts[refs[0]].config
     for r in refs[1:]:
         other = ckpts[r].config
@@ -281,8 +286,7 @@ def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
               allow_pickle: bool = False, shard_bytes: int = 5 * 1024**3, progress: bool = True) -> dict:
     """Merge ``recipe`` into the folder ``out_dir``; returns a summary dict."""
     start = time.perf_counter()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MergeError("--device cuda asked for, but torch sees no CUDA device")
+    check_device(device)
     target = AtomicFolder(out_dir, force=force)          # refuses an existing folder up front
     ckpts = open_models(recipe, allow_pickle=allow_pickle)
     tasks, out_cfg = plan_merge(recipe, ckpts)
@@ -312,6 +316,18 @@ def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
     secs = time.perf_counter() - start
     return {"tensors": len(tasks), "bytes": writer.bytes_written, "seconds": secs,
             "models": len(ckpts), "out": str(out_dir), "shards": len(writer.files)}
+
+
+def check_device(device: str) -> None:
+    """An error unless ``device`` names a torch device this machine has (cpu, cuda, cuda:N, ...)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MergeError(f"--device {device} asked for, but torch sees no CUDA device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MergeError(f"--device {device}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _progress(tasks, enabled: bool):

@@ -11,14 +11,15 @@ import collections
 import numpy as np
 
 from evollm.langid import lang_prob
+from evollm.tasks.mgsm import seeded_subset
 
 from .data import _load, qa_items
 from .metrics import rouge_l_ja
 
 
 def load_vqa(source: str, split: str = "test") -> list:
-    """[{image, question, answer}] from either benchmark's columns (detected from the data)."""
-    return qa_items(_load(source, split, ("image",), "VQA data"))
+    """[{image, question, answer}] from either benchmark's columns (detected from the data), at least one."""
+    return qa_items(*_load(source, split, ("image",), "VQA data"))
 
 
 class JaVqa:
@@ -32,11 +33,7 @@ class JaVqa:
         self.cfg, self.processor = cfg, processor
 
     def rows(self, spec: dict, seed: int) -> list:
-        rows = load_vqa(spec["data"], spec["split"])
-        if spec["limit"] and spec["limit"] < len(rows):
-            keep = sorted(np.random.RandomState(seed).choice(len(rows), spec["limit"], replace=False))
-            rows = [rows[i] for i in keep]
-        return rows
+        return seeded_subset(load_vqa(spec["data"], spec["split"]), spec["limit"], seed)
 
     def predict(self, model, rows) -> list:
         from evollm.world.vlm import generate_answers

@@ -7,10 +7,13 @@ files (same columns). An item counts as correct only if the last number of the o
 
 from __future__ import annotations
 
-import os
+import math
 import re
 import unicodedata
+from pathlib import Path
 
+from ..datafiles import load_data_file, load_hub_dataset, nonempty, read_text
+from ..hub import is_hub_id
 from ..langid import lang_prob
 from ..world.formats import MATH_STOPS, alpaca_en, alpaca_ja
 
@@ -18,63 +21,64 @@ REQUIRED_COLUMNS = ("question", "answer_number")
 
 
 def load_mgsm(source: str = "juletxara/mgsm", split: str = "test", config: str = "ja"):
-    """A local .jsonl/.json/.parquet/.tsv file (the world's format, or MGSM's raw `question<TAB>answer`
-    files) through the matching `datasets` builder; anything else is a hub id loaded with
-    `datasets.load_dataset(id, config, split=split)` (config dropped for single-config sets such as
-    SakanaAI/gsm8k-ja-test_250-1319). A GSM8K-style `answer` ("... #### 72") without `answer_number`
-    gets its number. Returns a `datasets.Dataset`."""
-    import datasets
-    if os.path.exists(source):
-        if source.endswith((".tsv", ".csv")):
-            ds = _load_table(source)
-        else:
-            kind = "parquet" if source.endswith(".parquet") else "json"
-            ds = datasets.load_dataset(kind, data_files=source, split="train")
-    elif source.endswith((".jsonl", ".json", ".parquet", ".tsv", ".csv")) or source.startswith((".", "/", "~")) \
-            or source.count("/") != 1:
+    """A local .jsonl/.json/.parquet/.tsv/.csv file (the world's format, or MGSM's raw `question<TAB>answer`
+    files), or else a hub id loaded with `datasets.load_dataset(id, config, split=split)` (config dropped
+    for single-config sets such as SakanaAI/gsm8k-ja-test_250-1319). A GSM8K-style `answer`
+    ("... #### 72") without `answer_number` gets its number. Returns a `datasets.Dataset` of at least one
+    row whose questions are text and answers numbers; any fault is an error naming the source."""
+    p = Path(source).expanduser()
+    if p.exists():
+        ds = _load_table(p) if p.suffix in (".tsv", ".csv") else load_data_file(p, source)
+    elif p.suffix in (".jsonl", ".json", ".parquet", ".tsv", ".csv") or not is_hub_id(source):
         raise FileNotFoundError(f"{source}: no such data file (and not a hub id of the form org/name)")
     else:
-        try:
-            ds = datasets.load_dataset(source, config, split=split)
-        except ValueError as e:       # a data set without configs named `config`
-            if "onfig" not in str(e):
-                raise
-            ds = datasets.load_dataset(source, split=split)
+        ds = load_hub_dataset(source, split, config)
     if "answer_number" not in ds.column_names and "answer" in ds.column_names:
-        ds = ds.map(lambda r: {"answer_number": _gsm8k_number(r["answer"], source)})
+        ds = ds.map(lambda r, i: {"answer_number": _gsm8k_number(r["answer"], f"{source}: row {i + 1}")},
+                    with_indices=True)
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; MGSM format needs {list(REQUIRED_COLUMNS)}")
+    bad = next((i for i, q in enumerate(ds["question"]) if not isinstance(q, str) or not q.strip()), None)
+    if bad is not None:
+        raise ValueError(f"{source}: row {bad + 1}: question must be non-empty text, got {ds[bad]['question']!r:.60}")
+    answers = ds["answer_number"]
+    nums = [_num(v, f"{source}: row {i + 1}") for i, v in enumerate(answers)]
+    if any(isinstance(v, str) for v in answers):      # numbers written as text
+        ds = ds.remove_columns("answer_number").add_column("answer_number", nums)
     return ds
 
 
-def _load_table(path: str):
+def _load_table(path: Path):
     """MGSM's raw TSV (two columns, no header) or a TSV/CSV with a header naming the columns."""
     import csv
+    import io
 
     import datasets
-    delim = "\t" if path.endswith(".tsv") else ","
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter=delim))
-    if rows and "question" in rows[0]:
-        head, rows = rows[0], rows[1:]
+    reader = csv.reader(io.StringIO(read_text(path)), delimiter="\t" if path.suffix == ".tsv" else ",")
+    rows = [(reader.line_num, r) for r in reader if r]           # (line number, fields), blank lines skipped
+    if "question" in rows[0][1]:
+        head, rows = rows[0][1], rows[1:]
     else:
         head = ["question", "answer_number"]
-    bad = [i + 1 for i, r in enumerate(rows) if len(r) != len(head)]
+    bad = [n for n, r in rows if len(r) != len(head)]
     if bad:
         raise ValueError(f"{path}: line(s) {bad[:5]} do not have {len(head)} columns ({head})")
-    data = {h: [r[i] for r in rows] for i, h in enumerate(head)}
+    data = {h: [r[i] for _, r in rows] for i, h in enumerate(head)}
     if "answer_number" in data:
-        data["answer_number"] = [_num(v, path) for v in data["answer_number"]]
-    return datasets.Dataset.from_dict(data)
+        data["answer_number"] = [_num(r[head.index("answer_number")], f"{path}: line {n}") for n, r in rows]
+    return nonempty(datasets.Dataset.from_dict(data), str(path))
 
 
-def _num(v: str, where: str):
+def _num(v, where: str):
+    """``v`` (a number, or a number written as text, commas allowed) as an int or float; finite."""
     try:
-        x = float(str(v).replace(",", ""))
+        x = v if isinstance(v, (int, float)) and not isinstance(v, bool) else float(str(v).replace(",", ""))
     except ValueError:
         raise ValueError(f"{where}: answer_number {v!r} is not a number") from None
-    return int(x) if x.is_integer() else x
+    if not math.isfinite(x):
+        raise ValueError(f"{where}: answer_number {v!r} is not a finite number")
+    return int(x) if float(x).is_integer() else x
 
 
 def _gsm8k_number(answer: str, where: str):
@@ -83,14 +87,25 @@ def _gsm8k_number(answer: str, where: str):
     return _num(str(answer).split("####")[-1].strip(), where)
 
 
-def load_rows(source: str, split: str = "test", config: str = "ja", limit: int = None, seed: int = 0) -> list:
-    """Rows of a data set; with `limit`, a seeded random subset of that size (in data order)."""
+def check_positive(value, what: str = "limit"):
+    """``value`` itself (None allowed: no limit), or an error unless it is an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{what} must be >= 1, got {value!r}")
+    return value
+
+
+def seeded_subset(rows: list, limit, seed: int = 0) -> list:
+    """``rows`` or, with ``limit`` below their number, a seeded random subset of that size in data order."""
     import numpy as np
-    rows = list(load_mgsm(source, split, config))
-    if limit and limit < len(rows):
+    if check_positive(limit) is not None and limit < len(rows):
         keep = sorted(np.random.RandomState(seed).choice(len(rows), limit, replace=False))
         rows = [rows[i] for i in keep]
     return rows
+
+
+def load_rows(source: str, split: str = "test", config: str = "ja", limit: int = None, seed: int = 0) -> list:
+    """Rows of a data set; with `limit`, a seeded random subset of that size (in data order)."""
+    return seeded_subset(list(load_mgsm(source, split, config)), limit, seed)
 
 
 _OFFICIAL = re.compile(r"\d+")
@@ -126,12 +141,12 @@ def prompts(rows) -> list[str]:
 
 
 def evaluate(model, tokenizer, rows, *, max_new_tokens: int = 96, batch_size: int = 64,
-             official: bool = False) -> dict:
+             official: bool = False, progress: bool = False) -> dict:
     """Greedy decode every row and score it; returns rates (x100) and the per-item outputs."""
     from ..generate import generate
     rows = list(rows)
     outs = generate(model, tokenizer, prompts(rows), max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, stops=MATH_STOPS)
+                    batch_size=batch_size, stops=MATH_STOPS, progress=progress)
     items = [dict(score(o, r["answer_number"], r.get("lang", "ja"), official), output=o) for o, r in zip(outs, rows)]
     n = max(len(items), 1)
     return {"accuracy": 100 * sum(i["correct"] for i in items) / n,
