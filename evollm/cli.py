@@ -30,17 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "--config: the miniature world's default experiment) into a run folder.")
     m.add_argument("--recipe", help="mergekit-style YAML recipe: merge once, no search")
     m.add_argument("--config", help="run config (RUN.yaml) of an evolution run (default: configs/world-ja-math.yaml)")
-    m.add_argument("--out", help="output folder: the checkpoint (--recipe) or the run folder "
-                   "(default runs/NAME-TIMESTAMP); never overwritten")
+    m.add_argument("--out", help="output folder: the checkpoint (--recipe; an existing one is replaced only with "
+                   "--force, and only once the new one is complete) or the run folder (default "
+                   "runs/NAME-TIMESTAMP; an existing run is continued only with --resume, never overwritten)")
     m.add_argument("--resume", action="store_true", help="continue the run folder given by --out")
     m.add_argument("--device", default="cpu", help="where tensors are merged: cpu or cuda (default cpu)")
     m.add_argument("--seed", type=int, default=0, help="seed of the random masks (DARE, DELLA)")
-    m.add_argument("--force", action="store_true", help="replace an existing output folder")
+    m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
     m.add_argument("--allow-pickle", action="store_true",
                    help="also read pickled .bin weights (with torch.load(weights_only=True))")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"),
                    help="largest output shard (default 5GB)")
-    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="score one model on a task",
                        description="Score one model; prints accuracy, number-correct rate and Japanese rate.")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="hub id (juletxara/mgsm, SakanaAI/gsm8k-ja-test_250-1319) or a local "
                    ".jsonl/.parquet/.tsv file (default: the miniature world's held-out Japanese math test)")
     e.add_argument("--split", default="test")
-    e.add_argument("--limit", type=int, help="score only the first N items")
+    e.add_argument("--limit", type=int, help="score only the first N items (N >= 1)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     e.add_argument("--max-new-tokens", type=int, default=512)
@@ -70,45 +71,89 @@ def cmd_merge(args) -> int:
     return cmd_evolve(args)
 
 
-def cmd_evolve(args, default_config=None, benches=None) -> int:
+def quiet_libraries():
+    """No progress bars or warnings from transformers, datasets and the hub: a run prints its own lines."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def cmd_evolve(args, default_config=None, benches=None, prog="evollm") -> int:
     """An evolution run (shared by `evovlm merge --config`, which passes its config and Workbench)."""
+    import shlex
     import time
 
     from .search.config import load_config
-    from .search.report import table
-    from .search.run import run
+    from .search.report import failure_lines, table
+    from .search.run import RunFailed, logged_candidates, run
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run folder to continue)")
     cfg = load_config(args.config or default_config) if (args.config or not args.resume) else None
     out = Path(args.out) if args.out else Path("runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data = run(cfg, out, resume=args.resume, progress=not args.quiet, benches=benches)
+    quiet_libraries()
+    resume = f"{prog} merge --out {shlex.quote(str(out))} --resume"
+    try:
+        data = run(cfg, out, resume=args.resume, progress=not args.quiet, benches=benches)
+    except KeyboardInterrupt as e:
+        if out.is_dir():
+            n = logged_candidates(out)
+            print(f"\n{prog}: interrupted; nothing was lost ({n} candidate{'s' * (n != 1)} logged in {out}). "
+                  f"Continue with:\n  {resume}", file=sys.stderr)
+        else:
+            print(f"\n{prog}: interrupted before the first candidate; no run folder was left. "
+                  "Run the same command again to start.", file=sys.stderr)
+        return interrupted_code(e)
+    except RunFailed as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        if out.is_dir() and logged_candidates(out):
+            print(f"  after fixing the cause: {resume} (failed candidates of the last generation are run again), "
+                  "or start a new run folder if you change the config", file=sys.stderr)
+        return 1
     print()
     print(table(data))
     made = "ps/ and dfs/ (each with best/)" if (out / "ps").is_dir() else "best/recipe.yaml, best/model/"
     print(f"\nrun folder: {out} (report.md, {made})")
+    lines = failure_lines(data.get("failures"))
+    if lines:
+        print("\n" + "\n".join(lines), file=sys.stderr)
+        f = data["failures"]
+        if 2 * f["failed"] > f["candidates"]:
+            print(f"{prog}: error: most candidates failed ({f['failed']} of {f['candidates']}); the result comes "
+                  "from the few that did not: fix the cause above before trusting it", file=sys.stderr)
+            return 3
     return 0
 
 
 def cmd_eval(args) -> int:
     import json
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .checkpoint import dtype_from_name
-    from .hub import resolve_model
+    from .checkpoint import check_model_folder, dtype_from_name
+    from .datafiles import check_out_file
+    from .fsutil import write_atomic
+    from .hub import batch_tokenizer, load_causal_lm, resolve_model
+    from .merger import check_device
     from .search.config import ASSETS
     from .tasks import mgsm
+    for flag in ("limit", "batch_size", "max_new_tokens"):
+        mgsm.check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_device(args.device)
+    if args.json:
+        check_out_file(args.json)
     data = args.data or str(ASSETS / "data" / "mgsm-ja" / "test.jsonl")
     if not args.data and not Path(data).exists():
         raise ValueError(f"no --data given and the miniature world's data is not at {data}")
+    quiet_libraries()
+    check_model_folder(resolve_model(args.model), args.model)   # a VLM, a broken config.json: named first
     rows = list(mgsm.load_mgsm(data, args.split))[:args.limit]
-    path = resolve_model(args.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_from_name(args.dtype)).to(args.device).eval()
+    tok = batch_tokenizer(args.model)
+    model = load_causal_lm(args.model, dtype_from_name(args.dtype), args.device)
     r = mgsm.evaluate(model, tok, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      official=args.official_extraction)
+                      official=args.official_extraction, progress=True)
     print(f"{args.model} on {data} ({len(rows)} items): accuracy {r['accuracy']:.1f}  "
           f"number right {r['number_correct']:.1f}  Japanese {r['lang_rate']:.1f}")
     if args.json:
@@ -116,9 +161,7 @@ def cmd_eval(args) -> int:
                **{k: r[k] for k in ("accuracy", "number_correct", "lang_rate")},
                "outputs": [dict(i, question=row["question"], answer_number=row["answer_number"])
                            for i, row in zip(r["items"], rows)]}
-        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
-        tmp.write_text(json.dumps(out, ensure_ascii=False, indent=1))
-        tmp.replace(args.json)
+        write_atomic(args.json, json.dumps(out, ensure_ascii=False, indent=1))
     return 0
 
 
@@ -133,13 +176,34 @@ def cmd_merge_recipe(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`): handled as Ctrl-C, with exit status 143."""
+
+
+def interrupted_code(e: BaseException) -> int:
+    return 143 if isinstance(e, Terminated) else 130
+
+
+def guarded(prog: str, command, args) -> int:
+    """Run a command: input errors as one line (exit 2), Ctrl-C / SIGTERM as exit 130 / 143."""
+    import signal
+
+    def terminate(signum, frame):
+        raise Terminated
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        return command(args)
+    except (ValueError, KeyError, FileExistsError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return interrupted_code(e)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return {"merge": cmd_merge, "eval": cmd_eval}[args.command](args)
-    except (ValueError, KeyError, FileExistsError, OSError) as e:
-        print(f"evollm: error: {e}", file=sys.stderr)
-        return 2
+    return guarded("evollm", {"merge": cmd_merge, "eval": cmd_eval}[args.command], args)
 
 
 if __name__ == "__main__":

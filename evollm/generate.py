@@ -11,12 +11,25 @@ def truncate_at(text: str, stops) -> str:
 
 
 @torch.no_grad()
+def batches(n: int, batch_size: int, progress: bool = False, desc: str = "generating"):
+    """Start indices of the batches of n items; with `progress`, a bar over the items on stderr."""
+    starts = range(0, n, batch_size)
+    if not progress:
+        yield from starts
+        return
+    from tqdm.auto import tqdm
+    with tqdm(total=n, unit="item", desc=desc, dynamic_ncols=True) as bar:
+        for i in starts:
+            yield i
+            bar.update(min(batch_size, n - i))
+
+
 def generate(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size: int = 32,
-             stops=(), **gen_kwargs) -> list[str]:
+             stops=(), progress: bool = False, **gen_kwargs) -> list[str]:
     """Greedy completions of `prompts` (prompt text excluded), cut at the first stop string."""
     device = next(model.parameters()).device
     outs = []
-    for i in range(0, len(prompts), batch_size):
+    for i in batches(len(prompts), batch_size, progress):
         enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True, padding_side="left").to(device)
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)

@@ -122,9 +122,11 @@ def read_yaml(path, what: str = "recipe", error=RecipeError):
     """A YAML file through `safe_load`; unreadable files and malformed YAML raise `error` naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise error(f"{path}: cannot read {what} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: cannot read {what} (not UTF-8 text)") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from evollm.search.config import ASSETS
 
@@ -24,29 +23,46 @@ SUITE = {   # task -> (default source, split, generation settings)
 }
 
 
-def run_bench(models, tasks, data=None, limit=None, device="cpu", batch_size=16, seed=0, log=print) -> dict:
-    """{model: {task: {rouge_l, rouge_l_ja, items, seconds, predictions}}}."""
+def run_bench(models, tasks, data=None, limit=None, device="cpu", batch_size=16, seed=0, log=print,
+              progress=False) -> dict:
+    """{model: {task: {rouge_l, rouge_l_ja, items, seconds, predictions}}}. Every model folder and data
+    set is checked before the first model is scored."""
+    from evollm.checkpoint import check_model_folder
+    from evollm.hub import naming, resolve_model
+    from evollm.merger import check_device
+    from evollm.tasks.mgsm import check_positive
     from evollm.world.vlm import generate_answers, load_vlm
-    from evollm.hub import resolve_model
     from .metrics import rouge_l_ja
     from .tasks import load_vqa
     unknown = [t for t in tasks if t not in SUITE]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(SUITE)}")
+    if not tasks:
+        raise ValueError(f"no task given; known: {', '.join(SUITE)}")
+    unused = [t for t in (data or {}) if t not in tasks]
+    if unused:
+        raise ValueError(f"--data names task(s) {unused} that are not among the tasks run ({', '.join(tasks)})")
+    check_positive(limit, "--limit")
+    check_positive(batch_size, "--batch-size")
+    check_device(device)
+    paths = {m: resolve_model(m) for m in models}
+    for m, path in paths.items():
+        check_model_folder(path, m, kind="vlm")
     rows = {}
     for t in tasks:
         source, split, _ = SUITE[t]
         rows[t] = load_vqa((data or {}).get(t, source), split)[:limit]
     out = {}
     for m in models:
-        model, processor = load_vlm(resolve_model(m), device)
+        with naming(f"model {m}: transformers cannot load it with its processor from {paths[m]}"):
+            model, processor = load_vlm(paths[m], device)
         processor.tokenizer.padding_side = "left"
         out[m] = {}
         for t in tasks:
             gen = SUITE[t][2]
             t0 = time.time()
             preds = generate_answers(model, processor, [r["image"] for r in rows[t]], [r["question"] for r in rows[t]],
-                                     batch_size=batch_size, **gen)
+                                     batch_size=batch_size, progress=progress, **gen)
             refs = [r["answer"] for r in rows[t]]
             out[m][t] = {"rouge_l": rouge_l_ja(preds, refs, seed=seed, language_rule=False),
                          "rouge_l_ja": rouge_l_ja(preds, refs, seed=seed), "items": len(refs),
@@ -66,7 +82,5 @@ def table(res: dict, tasks) -> str:
 
 
 def write_json(res: dict, path):
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(res, ensure_ascii=False, indent=1))
-    tmp.replace(p)
+    from evollm.fsutil import write_atomic
+    write_atomic(path, json.dumps(res, ensure_ascii=False, indent=1))

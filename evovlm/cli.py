@@ -7,7 +7,7 @@ import math
 import sys
 
 from evollm import __version__
-from evollm.cli import parse_size
+from evollm.cli import guarded, parse_size
 
 def split_parts(names):
     """Group tensor names into vision tower, projector and language tower."""
@@ -23,7 +23,7 @@ def cmd_merge(args) -> int:
         from evollm.cli import cmd_evolve
         from evollm.search.config import CONFIGS
         from .search import VlmDfsWorkbench, VlmWorkbench
-        return cmd_evolve(args, CONFIGS / "world-vqa.yaml", {"ps": VlmWorkbench, "dfs": VlmDfsWorkbench})
+        return cmd_evolve(args, CONFIGS / "world-vqa.yaml", {"ps": VlmWorkbench, "dfs": VlmDfsWorkbench}, "evovlm")
     if args.config or args.resume:
         raise ValueError("--recipe merges once; --config/--resume belong to an evolution run")
     if not args.out:
@@ -53,7 +53,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from evollm.datafiles import check_out_file
     from .bench import run_bench, table, write_json
+    if args.json:
+        check_out_file(args.json)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     data = {}
     for d in args.data:
@@ -61,7 +64,9 @@ def cmd_bench(args) -> int:
         if not sep:
             raise ValueError(f"--data {d!r}: expected TASK=PATH (e.g. ja-vg-vqa-500=./jvg/)")
         data[task] = path
-    res = run_bench(args.model, tasks, data, args.limit, args.device, args.batch_size)
+    from evollm.cli import quiet_libraries
+    quiet_libraries()
+    res = run_bench(args.model, tasks, data, args.limit, args.device, args.batch_size, progress=True)
     print()
     print(table(res, tasks))
     if args.json:
@@ -84,12 +89,12 @@ def main(argv=None) -> int:
     m.add_argument("--recipe", help="mergekit-style YAML recipe: merge once, no search")
     m.add_argument("--config", help="run config (RUN.yaml) of an evolution run")
     m.add_argument("--resume", action="store_true", help="continue the run folder given by --out")
-    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.add_argument("--out", help="output folder (--recipe; written atomically, never over an existing one "
                    "without --force) or run folder (default runs/NAME-TIMESTAMP)")
     m.add_argument("--device", default="cpu")
     m.add_argument("--seed", type=int, default=0, help="seed of the random masks (DARE, DELLA)")
-    m.add_argument("--force", action="store_true")
+    m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
     m.add_argument("--allow-pickle", action="store_true")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"))
     b = sub.add_parser("bench", help="the Japanese VLM benchmark suite, models side by side",
@@ -101,16 +106,12 @@ def main(argv=None) -> int:
                    "world-culture (the miniature world's copies); default: %(default)s")
     b.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
                    help="a local copy (parquet file or folder) of a task's data")
-    b.add_argument("--limit", type=int, help="only the first N items of each task")
+    b.add_argument("--limit", type=int, help="only the first N items of each task (N >= 1)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--json", help="write scores and every prediction here")
     args = ap.parse_args(argv)
-    try:
-        return {"inspect": cmd_inspect, "merge": cmd_merge, "bench": cmd_bench}[args.command](args)
-    except (ValueError, KeyError, FileExistsError, OSError) as e:
-        print(f"evovlm: error: {e}", file=sys.stderr)
-        return 2
+    return guarded("evovlm", {"inspect": cmd_inspect, "merge": cmd_merge, "bench": cmd_bench}[args.command], args)
 
 
 if __name__ == "__main__":

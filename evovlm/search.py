@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from evollm.checkpoint import Checkpoint
-from evollm.hub import resolve_model
+from evollm.hub import load_causal_lm, resolve_model
 from evollm.search.dfs_space import DfsWorkbench
 from evollm.search.evaluate import Workbench, read_state
 
@@ -105,13 +105,13 @@ class VlmDfsWorkbench(DfsWorkbench):
     passthrough = False
 
     def load_models(self, refs, dtype):
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
         d = self.cfg["search"]["dfs"]
         path_a = resolve_model(refs[d["a"]])
         if not is_vlm(Checkpoint(path_a)):
             raise ValueError(f"search.dfs.a: evovlm's DFS takes the VLM as A; {refs[d['a']]} is not one")
         a = AutoModelForImageTextToText.from_pretrained(path_a, dtype=dtype).to(self.device).eval()
-        b = AutoModelForCausalLM.from_pretrained(resolve_model(refs[d["b"]]), dtype=dtype).to(self.device).eval()
+        b = load_causal_lm(refs[d["b"]], dtype, self.device)
         processor = AutoProcessor.from_pretrained(path_a)
         processor.tokenizer.padding_side = "left"
         return {d["a"]: a, d["b"]: b}, processor, (a.model.language_model.layers, b.model.layers)

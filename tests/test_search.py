@@ -125,7 +125,7 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
               "fitness.png", "report.md", "report.json"):
         assert (out / f).exists(), f
     recs = read_candidates(out / "candidates.jsonl")
-    assert [r["index"] for r in recs] == list(range(12)) and {r["generation"] for r in recs} == {0, 1, 2}
+    assert [r["index"] for r in recs] == list(range(12)) and {r["generation"] for r in recs} == {1, 2, 3}
     assert all(r["merge_s"] > 0 and r["eval_s"] > 0 and r["error"] is None for r in recs)
     best = max(recs, key=lambda r: r["score"])
     assert data["best"]["score"] == best["score"]
@@ -178,7 +178,7 @@ def test_nan_weights_are_a_candidate_error(tmp_path):
     d["search"]["params"]["weight"] = {"low": 0.0, "high": 1e300, "init": 0.9}
     d["report"] = {"sources": False, "baselines": False}
     from evollm.search.run import run
-    with pytest.raises(RuntimeError, match="every candidate failed"):
+    with pytest.raises(RuntimeError, match=r"every candidate of the first generation failed \(4 of 4\).*candidate 0: MergeError.*NaN"):
         run(C.load_config(write_config(tmp_path, d)), tmp_path / "run", progress=False, log=lambda *a: None)
     rec = json.loads((tmp_path / "run" / "candidates.jsonl").read_text().splitlines()[0])
     assert rec["score"] is None and "NaN or inf" in rec["error"]
@@ -247,3 +247,10 @@ def test_init_from_a_recipe_starts_the_search_there(tmp_path):
     d["search"]["init_from"] = "nope.yaml"
     with pytest.raises(C.ConfigError, match="search.init_from"):
         C.parse_config(d, "RUN.yaml", ROOT / "configs")
+
+
+def test_the_readme_config_block_is_the_default_config():
+    import re
+    block = re.search(r"The config \(`configs/world-ja-math.yaml`.*?```yaml\n(.*?)```", (ROOT / "README.md").read_text(),
+                      re.S).group(1)
+    assert C.parse_config(yaml.safe_load(block), "README", ROOT / "configs") == C.load_config()

@@ -13,8 +13,8 @@ import numpy as np
 import yaml
 
 from ..dfs import Hop, build_dfs_model, path_from, save_dfs, slots
-from ..hub import resolve_model
-from .evaluate import Workbench, check_device, load_tokenizer
+from ..hub import batch_tokenizer, load_causal_lm
+from .evaluate import Workbench, check_device
 
 
 class DfsSpace:
@@ -106,11 +106,9 @@ class DfsWorkbench(Workbench):
 
     def load_models(self, refs: dict, dtype):
         """(name -> model for A and B, A's tokenizer or processor, (A's layers, B's layers))."""
-        from transformers import AutoModelForCausalLM
         d = self.cfg["search"]["dfs"]
-        models = {n: AutoModelForCausalLM.from_pretrained(resolve_model(refs[n]), dtype=dtype).to(self.device).eval()
-                  for n in (d["a"], d["b"])}
-        tok = load_tokenizer(refs[d["a"]])
+        models = {n: load_causal_lm(refs[n], dtype, self.device) for n in (d["a"], d["b"])}
+        tok = batch_tokenizer(refs[d["a"]])
         return models, tok, (models[d["a"]].model.layers, models[d["b"]].model.layers)
 
     def make_space(self):

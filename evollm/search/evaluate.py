@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..checkpoint import Checkpoint, dtype_from_name
-from ..hub import resolve_model
+from ..hub import batch_tokenizer, load_causal_lm, resolve_model
 from ..inmemory import InMemoryMerger
 
 
@@ -32,16 +32,6 @@ def check_device(device: str):
         raise ValueError("config `device` is cuda, but torch sees no CUDA device")
 
 
-def load_tokenizer(ref: str):
-    """A model's tokenizer set up for batched generation (left padding, a pad token)."""
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(resolve_model(ref))
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 class Workbench:
     """The model instance, its tokenizer (or processor), the task and an in-memory merger over the
     config's sources. `evovlm` subclasses it for VLMs (`build`, `read_source`, `export`)."""
@@ -63,10 +53,8 @@ class Workbench:
 
     def build(self, cfg: dict, dtype):
         """(model on the device, tokenizer, name -> parameter tensor the merges write)."""
-        from transformers import AutoModelForCausalLM
-        tok = load_tokenizer(cfg["tokenizer"])
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg["base_model"]), dtype=dtype)
-        model = model.to(cfg["device"]).eval()
+        tok = batch_tokenizer(cfg["tokenizer"])
+        model = load_causal_lm(cfg["base_model"], dtype, cfg["device"])
         return model, tok, dict(model.named_parameters())
 
     def read_source(self, ref: str) -> dict:

@@ -6,7 +6,7 @@ import json
 import platform
 from pathlib import Path
 
-from .run import _write_atomic
+from ..fsutil import write_atomic
 
 
 def machine() -> str:
@@ -27,6 +27,16 @@ def machine() -> str:
     return f"{dev}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def save_png(fig, path: Path):
+    import io
+
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
 def plot(history, path: Path, ylabel: str = "fitness"):
     import matplotlib
     matplotlib.use("Agg")
@@ -42,10 +52,7 @@ def plot(history, path: Path, ylabel: str = "fitness"):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)
 
 
 def table(data: dict) -> str:
@@ -80,10 +87,7 @@ def plot_path(path, a: str, b: str, path_png: Path):
     ax.set_ylabel("source layer")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path_png.with_name(f".{path_png.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path_png)
+    save_png(fig, path_png)
 
 
 def describe_search(s: dict, space) -> str:
@@ -114,25 +118,58 @@ def write_report(out: Path, cfg: dict, data: dict, space, task) -> None:
           f"population {s['popsize']}, sigma {s['sigma']:.3g}, {tm.get('candidates', 0)} candidates "
           f"({tm.get('failed', 0)} failed), seed {cfg['seed']}; fitness on {data['fitness_items']} items, "
           f"test on {data['test_items']} held-out items. Best candidate: #{best['index']} "
-          f"(generation {best['generation'] + 1}).", "",
+          f"(generation {best['generation']}).", "", *failure_block(data),
           task.note, "",
           table(data), "",
           f"Time per candidate: merge {tm.get('merge_s', 0):.2f} s + evaluation {tm.get('eval_s', 0):.2f} s "
           f"(mean over the candidates of this run folder).", "",
           "![fitness per generation](fitness.png)", "", *arch,
           "Best recipe (`best/recipe.yaml`; `best/model/` is its export):", "", "```yaml", recipe.rstrip(), "```", ""]
-    _write_atomic(out / "report.md", "\n".join(md).encode())
-    _write_atomic(out / "report.json", json.dumps(data, indent=1, ensure_ascii=False).encode())
+    write_atomic(out / "report.md", "\n".join(md))
+    write_atomic(out / "report.json", json.dumps(data, indent=1, ensure_ascii=False))
+
+
+def failures(records) -> dict:
+    """How many candidates failed, grouped by cause (the error with numbers and names of tensors
+    blanked): {"failed", "candidates", "groups": [{"count", "error", "first"}]}, most frequent first."""
+    import re
+    groups = {}
+    for r in records:
+        if r.get("error"):
+            key = re.sub(r"\d+(\.\d+)?", "N", r["error"].split("\n")[0])[:160]
+            g = groups.setdefault(key, {"count": 0, "error": r["error"].split("\n")[0][:300], "first": r["index"]})
+            g["count"] += 1
+    return {"failed": sum(g["count"] for g in groups.values()), "candidates": len(records),
+            "groups": sorted(groups.values(), key=lambda g: -g["count"])}
+
+
+def failure_lines(f: dict) -> list:
+    """The failures as lines for the console and report.md (empty when none failed)."""
+    if not f or not f["failed"]:
+        return []
+    lines = [f"{f['failed']} of {f['candidates']} candidates failed (scored as the worst fitness):"]
+    lines += [f"- {g['count']} x {g['error']} (first: candidate {g['first']})" for g in f["groups"]]
+    return lines
+
+
+def merge_failures(a: dict, b: dict) -> dict:
+    return {"failed": a["failed"] + b["failed"], "candidates": a["candidates"] + b["candidates"],
+            "groups": sorted(a["groups"] + b["groups"], key=lambda g: -g["count"])}
+
+
+def failure_block(data: dict) -> list:
+    lines = failure_lines(data.get("failures"))
+    return ["**" + lines[0] + "**", "", *lines[1:], ""] if lines else []
 
 
 def write_ps_dfs_report(out: Path, cfg: dict, ps: dict, dfs: dict) -> None:
     """PS+DFS: the PS phase's table with the PS+DFS model added, then links to both phases' reports."""
     rows = dict(ps["rows"])
     rows["evolved PS+DFS (dfs/best/model)"] = dfs["rows"]["evolved (best/model)"]
-    data = {**ps, "rows": rows}
+    data = {**ps, "rows": rows, "failures": merge_failures(ps["failures"], dfs["failures"])}
     md = [f"# Run `{cfg['name']}` (PS+DFS)", "", f"Machine: {machine()}. Device: {cfg['device']}.", "",
           f"Phase 1, parameter space: [ps/report.md](ps/report.md). Phase 2, data-flow space over A = the PS-merged "
           f"model and B = {cfg['search']['dfs']['b']}: [dfs/report.md](dfs/report.md).", "",
-          table(data), "", "![the evolved path](dfs/path.png)", ""]
-    _write_atomic(out / "report.md", "\n".join(md).encode())
-    _write_atomic(out / "report.json", json.dumps({"ps": ps, "dfs": dfs}, indent=1, ensure_ascii=False).encode())
+          *failure_block(data), table(data), "", "![the evolved path](dfs/path.png)", ""]
+    write_atomic(out / "report.md", "\n".join(md))
+    write_atomic(out / "report.json", json.dumps({"ps": ps, "dfs": dfs}, indent=1, ensure_ascii=False))

@@ -496,12 +496,13 @@ def load_vlm(model_dir, device: str = "cpu"):
 
 @torch.no_grad()
 def generate_answers(model, processor, images, questions, system: str = SYSTEM_JA, max_new_tokens: int = 64,
-                     batch_size: int = 16, **gen_kwargs) -> list:
+                     batch_size: int = 16, progress: bool = False, **gen_kwargs) -> list:
     """Batched greedy answers (left padding) to `questions` about `images`."""
+    from evollm.generate import batches
     tok = processor.tokenizer
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(questions), batch_size):
+    for i in batches(len(questions), batch_size, progress):
         prompts = [chat(q, system=system, image=True) for q in questions[i:i + batch_size]]
         imgs = [im.convert("RGB") for im in images[i:i + batch_size]]
         enc = processor(images=imgs, text=prompts, padding=True, padding_side="left", return_tensors="pt").to(device)
