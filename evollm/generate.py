@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 
+def cache_keyword(model) -> str:
+    """The keyword (and output field) under which `model` takes and returns its KV cache: `cache` in
+    recent transformers 5.x, `past_key_values` in early 5.x (deprecated since)."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def truncate_at(text: str, stops) -> str:
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
     return text[:cut]

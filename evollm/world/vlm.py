@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..generate import cache_keyword
 from . import scenes as S
 from .formats import IMAGE_TOKEN, SYSTEM_EN, SYSTEM_JA, chat
 
@@ -270,13 +271,14 @@ def answer_loss(model, batches, share_prefix: bool = True) -> torch.Tensor:
     for b in batches:
         rows = b["input_ids"].shape[0]
         if share_prefix:
+            key = cache_keyword(model.model)
             pre = model.model.language_model(input_ids=b["prefix_ids"], use_cache=True)
-            cache = pre.past_key_values
+            cache = getattr(pre, key)
             cache.batch_repeat_interleave(rows)
             mask = torch.cat([torch.ones(rows, b["prefix_ids"].shape[1], dtype=b["attention_mask"].dtype,
                                          device=b["attention_mask"].device), b["attention_mask"]], 1)
             out = model.model(input_ids=b["input_ids"], pixel_values=b["pixel_values"], attention_mask=mask,
-                              past_key_values=cache, use_cache=True)
+                              use_cache=True, **{key: cache})
         else:
             full = torch.cat([b["prefix_ids"].expand(rows, -1), b["input_ids"]], 1)
             mask = torch.cat([torch.ones_like(b["prefix_ids"]).expand(rows, -1), b["attention_mask"]], 1)
@@ -498,7 +500,7 @@ def load_vlm(model_dir, device: str = "cpu"):
 def generate_answers(model, processor, images, questions, system: str = SYSTEM_JA, max_new_tokens: int = 64,
                      batch_size: int = 16, progress: bool = False, **gen_kwargs) -> list:
     """Batched greedy answers (left padding) to `questions` about `images`."""
-    from evollm.generate import batches
+    from ..generate import batches
     tok = processor.tokenizer
     device = next(model.parameters()).device
     out = []
