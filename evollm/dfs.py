@@ -8,8 +8,9 @@ source models A and B, scaled between hops (DESIGN.md section 4).
   indicators at each depth). A hop from candidate i to candidate j scales the input of j by W[i, j];
   the first hop (from the embeddings) is not scaled.
 - Execution: layers are shared by reference (memory stays that of the two sources); each hop gets
-  its own KV-cache slot, so a layer visited twice keeps two cache entries; A supplies the
-  tokenizer, embeddings, final norm and head.
+  its own KV-cache slot (its layer's `Cache.update(k, v, layer_idx, ...)` is redirected to the
+  hop's index), so a layer visited twice keeps two cache entries; A supplies the tokenizer,
+  embeddings, final norm and head.
 - Export: with pre-norm RMSNorm layers, scaling the residual stream entering hop k by s_k equals
   (up to the norm's epsilon) dividing hop k's output projections (attention o_proj, MLP down_proj)
   by S_k = s_1 * ... * s_k; so the DFS model is written as a plain checkpoint of A's architecture
@@ -76,8 +77,15 @@ def path_from(indicators: Sequence[float], scales: np.ndarray, n_layers: int, re
     return hops
 
 
+# The keyword a decoder layer takes its KV cache under: `cache` in recent transformers 5.x,
+# `past_key_values` in early 5.x (5.0), `past_key_value` in a few older model files.
+CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value")
+
+
 class _HopCache:
-    """The run's KV cache as one hop sees it: the hop's own slot, whatever layer_idx its layer has."""
+    """The run's KV cache (a `transformers.Cache`) as one hop sees it: `update` writes the hop's own
+    slot, whatever layer_idx the shared layer passes; everything else goes to the cache unchanged
+    (inside a Llama/Mistral decoder layer, `update` is the only call on the cache)."""
 
     def __init__(self, cache, index: int):
         self._cache, self._index = cache, index
@@ -98,12 +106,13 @@ class HopLayer(nn.Module):
         if hasattr(layer, "attention_type"):
             self.attention_type = layer.attention_type
 
-    def forward(self, hidden_states, *args, past_key_values=None, **kwargs):
-        if past_key_values is not None:
-            past_key_values = _HopCache(past_key_values, self.index)
+    def forward(self, hidden_states, *args, **kwargs):
+        for key in CACHE_KEYWORDS:      # passed on under the name it came in, which the layer accepts
+            if kwargs.get(key) is not None:
+                kwargs[key] = _HopCache(kwargs[key], self.index)
         if self.scale != 1.0:
             hidden_states = hidden_states * self.scale
-        return self.layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
+        return self.layer(hidden_states, *args, **kwargs)
 
 
 def path_config(config, layers_of, hops: List[Hop]):

@@ -1,5 +1,7 @@
 """Data-flow-space models on tiny random Llama models: path order, per-hop KV cache, plain export."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from tiny import family
 from transformers import AutoModelForCausalLM
 
 from evollm.dfs import Hop, build_dfs_model, export_state, path_from, save_dfs, slots
+from evollm.generate import cache_keyword
 
 
 def test_path_follows_the_slot_order_of_each_layout():
@@ -50,12 +53,30 @@ def test_a_layer_visited_twice_keeps_two_cache_entries(sources):
         assert torch.equal(cached, plain)
         # and the incremental logits equal a full forward pass
         full = dfs(cached).logits
+        key = cache_keyword(dfs)
         out = dfs(cached[:, :9], use_cache=True)
-        step = dfs(cached[:, 9:10], past_key_values=out.past_key_values, use_cache=True).logits
+        step = dfs(cached[:, 9:10], **{key: getattr(out, key)}, use_cache=True).logits
         assert torch.allclose(step[:, -1], full[:, 9], atol=1e-5)
-        assert len(out.past_key_values.layers) == len(HOPS)
+        assert len(getattr(out, key).layers) == len(HOPS)
     # the sources' layers are shared, not copied
     assert dfs.model.layers[1].layer is a.model.layers[1] is dfs.model.layers[3].layer
+
+
+def test_cached_greedy_generation_through_a_path_longer_than_the_source(sources):
+    """More hops than the source has layers (A1 twice): generating with the KV cache gives the argmax
+    of full forward passes at every step, and no deprecated cache keyword is passed on the way."""
+    a, b = sources
+    dfs = build_dfs_model(a, b, HOPS)
+    assert len(HOPS) > a.config.num_hidden_layers
+    ids = torch.randint(3, 64, (2, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cached = dfs.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+        greedy = ids
+        for _ in range(6):
+            greedy = torch.cat([greedy, dfs(greedy).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(cached, greedy)
+    assert not [str(w.message) for w in caught if "past_key_value" in str(w.message)]
 
 
 def test_exported_checkpoint_matches_the_in_memory_model(sources, tmp_path):
