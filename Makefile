@@ -7,13 +7,16 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo toy test world report clean
+.PHONY: install demo toy test test-latest test-oldest lock world report clean
 
-$(BIN)/.installed: pyproject.toml
+# The tested set: requirements/lock.txt pins every package besides torch (see README "Installation").
+LOCK    := requirements/lock.txt
+
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -42,5 +45,31 @@ report: install
 test: install
 	$(BIN)/python -m pytest tests
 
+# The suite against the newest releases of everything (no lock), in its own venv made afresh: run it
+# before moving the lock (then `make lock`), so that a new release's break is seen before users see it.
+test-latest:
+	rm -rf .venv-latest
+	$(PY) -m venv .venv-latest
+	.venv-latest/bin/pip install -q --upgrade pip
+	.venv-latest/bin/pip install -q $(TORCH)
+	.venv-latest/bin/pip install -q --upgrade -e '.[test]'
+	.venv-latest/bin/pip list 2>/dev/null | grep -iE '^(transformers|tokenizers|datasets|huggingface.hub|safetensors|torch) '
+	.venv-latest/bin/python -m pytest tests
+
+# The suite on the oldest releases the project claims to support (requirements/oldest.txt).
+test-oldest:
+	rm -rf .venv-oldest
+	$(PY) -m venv .venv-oldest
+	.venv-oldest/bin/pip install -q --upgrade pip
+	.venv-oldest/bin/pip install -q $(TORCH)
+	.venv-oldest/bin/pip install -q -c requirements/oldest.txt -e '.[test]'
+	.venv-oldest/bin/pip list 2>/dev/null | grep -iE '^(transformers|tokenizers|datasets|huggingface.hub|safetensors|torch) '
+	.venv-oldest/bin/python -m pytest tests
+
+# Rewrite the lock from .venv (after the suite passed there).
+lock:
+	{ sed -n '1,/^[^#]/{/^#/p}' $(LOCK); $(BIN)/pip freeze --exclude-editable | grep -vE '^(torch|torchvision|triton|nvidia-|cuda-)'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-latest .venv-oldest build *.egg-info
