@@ -133,14 +133,14 @@ def cmd_eval(args) -> int:
     import json
 
     from .checkpoint import check_model_folder, dtype_from_name
-    from .datafiles import check_out_file
+    from .datafiles import check_out_file, check_positive
     from .fsutil import write_atomic
     from .hub import batch_tokenizer, load_causal_lm, resolve_model
     from .merger import check_device
     from .search.config import ASSETS
     from .tasks import mgsm
     for flag in ("limit", "batch_size", "max_new_tokens"):
-        mgsm.check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+        check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     check_device(args.device)
     if args.json:
         check_out_file(args.json)

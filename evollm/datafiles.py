@@ -114,3 +114,19 @@ def load_hub_dataset(ref: str, split: str, config: Optional[str] = None, label: 
                 raise
             ds = datasets.load_dataset(ref, split=split)
     return nonempty(ds, f"{label} (split {split})")
+
+
+def check_positive(value, what: str = "limit"):
+    """``value`` itself (None allowed: no limit), or an error unless it is an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{what} must be >= 1, got {value!r}")
+    return value
+
+
+def seeded_subset(rows: list, limit, seed: int = 0) -> list:
+    """``rows`` or, with ``limit`` below their number, a seeded random subset of that size in data order."""
+    import numpy as np
+    if check_positive(limit) is not None and limit < len(rows):
+        keep = sorted(np.random.RandomState(seed).choice(len(rows), limit, replace=False))
+        rows = [rows[i] for i in keep]
+    return rows

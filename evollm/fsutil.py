@@ -121,14 +121,20 @@ def disk_full(path, needed: int | None = None):
     """Turn ENOSPC/EDQUOT raised inside into a DiskFullError naming `path` (and what it needed)."""
     try:
         yield
-    except DiskFullError:
-        raise
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not _is_full(e):
             raise
-        need = f" (it needs about {human(needed)})" if needed else ""
-        raise DiskFullError(e.errno, f"no space left on the disk while writing {final_name(path)}{need}; "
-                            f"{human(_free(path))} is free there; nothing was replaced") from None
+        raise _full(e, path, needed) from None
+
+
+def _is_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(e, DiskFullError)
+
+
+def _full(e: OSError, path, needed: int | None = None) -> DiskFullError:
+    need = f" (it needs about {human(needed)})" if needed else ""
+    return DiskFullError(e.errno, f"no space left on the disk while writing {final_name(path)}{need}; "
+                         f"{human(_free(path))} is free there; nothing was replaced")
 
 
 def write_atomic(path, data) -> None:
@@ -185,10 +191,8 @@ class AtomicFolder:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) \
-                    and not isinstance(exc, DiskFullError):
-                raise DiskFullError(exc.errno, f"no space left on the disk while writing {self.target}; "
-                                    f"{human(_free(self.target))} is free there; nothing was replaced") from None
+            if _is_full(exc):
+                raise _full(exc, self.target) from None
             return False
         old = None
         if self.target.exists():

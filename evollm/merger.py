@@ -318,16 +318,16 @@ def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
             "models": len(ckpts), "out": str(out_dir), "shards": len(writer.files)}
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, what: str = "--device") -> None:
     """An error unless ``device`` names a torch device this machine has (cpu, cuda, cuda:N, ...)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+        raise ValueError(f"{what} {device!r} is not a device (cpu, cuda, cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MergeError(f"--device {device} asked for, but torch sees no CUDA device")
+        raise MergeError(f"{what} {device} asked for, but torch sees no CUDA device")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise MergeError(f"--device {device}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
+        raise MergeError(f"{what} {device}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _progress(tasks, enabled: bool):

@@ -28,9 +28,9 @@ def run_bench(models, tasks, data=None, limit=None, device="cpu", batch_size=16,
     """{model: {task: {rouge_l, rouge_l_ja, items, seconds, predictions}}}. Every model folder and data
     set is checked before the first model is scored."""
     from evollm.checkpoint import check_model_folder
+    from evollm.datafiles import check_positive
     from evollm.hub import naming, resolve_model
     from evollm.merger import check_device
-    from evollm.tasks.mgsm import check_positive
     from evollm.world.vlm import generate_answers, load_vlm
     from .metrics import rouge_l_ja
     from .tasks import load_vqa

@@ -16,7 +16,7 @@ import time
 import torch
 
 from evollm.checkpoint import TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter, copy_files
-from evollm.merger import MergeError, merge_tensor, open_models, plan_merge
+from evollm.merger import MergeError, check_device, merge_tensor, open_models, plan_merge
 from evollm.recipe import Recipe
 
 from .model import VOCAB_TENSORS, TowerView, is_vlm, text_vocab
@@ -63,8 +63,7 @@ def tower_views(recipe: Recipe, ckpts: dict):
 def merge_vlm(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, force: bool = False,
               allow_pickle: bool = False, shard_bytes: int = 5 * 1024**3, log=print) -> dict:
     start = time.perf_counter()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MergeError("--device cuda asked for, but torch sees no CUDA device")
+    check_device(device)
     target = AtomicFolder(out_dir, force=force)
     ckpts = open_models(recipe, allow_pickle=allow_pickle)
     vlm_ref, views, view, notes = tower_views(recipe, ckpts)

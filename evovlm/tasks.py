@@ -11,7 +11,7 @@ import collections
 import numpy as np
 
 from evollm.langid import lang_prob
-from evollm.tasks.mgsm import seeded_subset
+from evollm.datafiles import seeded_subset
 
 from .data import _load, qa_items
 from .metrics import rouge_l_ja

@@ -14,7 +14,8 @@ import yaml
 
 from ..dfs import Hop, build_dfs_model, path_from, save_dfs, slots
 from ..hub import batch_tokenizer, load_causal_lm
-from .evaluate import Workbench, check_device
+from ..merger import check_device
+from .evaluate import Workbench
 
 
 class DfsSpace:
@@ -91,7 +92,7 @@ class DfsWorkbench(Workbench):
     def __init__(self, cfg: dict):
         from ..checkpoint import dtype_from_name
         from ..tasks import task_class
-        check_device(cfg["device"])
+        check_device(cfg["device"], "config `device`")
         self.cfg, self.device, self.seed = cfg, cfg["device"], cfg["seed"]
         d = cfg["search"]["dfs"]
         refs = {m["name"]: m["model"] for m in cfg["models"]}

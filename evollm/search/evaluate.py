@@ -9,6 +9,7 @@ import torch
 
 from ..checkpoint import Checkpoint, dtype_from_name
 from ..hub import batch_tokenizer, load_causal_lm, resolve_model
+from ..merger import check_device
 from ..inmemory import InMemoryMerger
 
 
@@ -27,11 +28,6 @@ def read_state(ref: str, shapes: dict, ckpt=None) -> dict:
     return {n: ck.get(n) for n in shapes}
 
 
-def check_device(device: str):
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("config `device` is cuda, but torch sees no CUDA device")
-
-
 class Workbench:
     """The model instance, its tokenizer (or processor), the task and an in-memory merger over the
     config's sources. `evovlm` subclasses it for VLMs (`build`, `read_source`, `export`)."""
@@ -39,7 +35,7 @@ class Workbench:
     def __init__(self, cfg: dict):
         from ..tasks import task_class
         device = cfg["device"]
-        check_device(device)
+        check_device(device, "config `device`")
         self.cfg, self.device, self.seed = cfg, device, cfg["seed"]
         dtype = dtype_from_name(cfg["dtype"], "dtype")
         self.model, self.processor, targets = self.build(cfg, dtype)

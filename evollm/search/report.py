@@ -116,7 +116,7 @@ def write_report(out: Path, cfg: dict, data: dict, space, task) -> None:
           f"Machine: {machine()}. Device: {cfg['device']}.", "",
           f"Search: {s['optimizer']} over {describe_search(s, space)}, "
           f"population {s['popsize']}, sigma {s['sigma']:.3g}, {tm.get('candidates', 0)} candidates "
-          f"({tm.get('failed', 0)} failed), seed {cfg['seed']}; fitness on {data['fitness_items']} items, "
+          f"({data['failures']['failed']} failed), seed {cfg['seed']}; fitness on {data['fitness_items']} items, "
           f"test on {data['test_items']} held-out items. Best candidate: #{best['index']} "
           f"(generation {best['generation']}).", "", *failure_block(data),
           task.note, "",

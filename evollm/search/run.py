@@ -239,7 +239,7 @@ def search(cfg: dict, out: Path, bench, space, fit_rows, progress=True, log=prin
             pending = []
             scores = [r["score"] for r in records]
             ok = [v for v in scores if v is not None]
-            if not ok and best is None and state["evaluated"] == 0:
+            if not ok and state["evaluated"] == 0:
                 if bar is not None:
                     bar.close()
                 first = records[0]
@@ -391,4 +391,4 @@ def timing(records) -> dict:
     if not ok:
         return {}
     return {"merge_s": float(np.mean([r["merge_s"] for r in ok])), "eval_s": float(np.mean([r["eval_s"] for r in ok])),
-            "candidates": len(records), "failed": sum(r["score"] is None for r in records)}
+            "candidates": len(records)}

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from ..datafiles import load_data_file, load_hub_dataset, nonempty, read_text
+from ..datafiles import load_data_file, load_hub_dataset, nonempty, read_text, seeded_subset
 from ..hub import is_hub_id
 from ..langid import lang_prob
 from ..world.formats import MATH_STOPS, alpaca_en, alpaca_ja
@@ -85,22 +85,6 @@ def _gsm8k_number(answer: str, where: str):
     if "####" not in str(answer):
         raise ValueError(f"{where}: no `answer_number` column and the `answer` has no '#### N' line: {answer!r:.80}")
     return _num(str(answer).split("####")[-1].strip(), where)
-
-
-def check_positive(value, what: str = "limit"):
-    """``value`` itself (None allowed: no limit), or an error unless it is an integer >= 1."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{what} must be >= 1, got {value!r}")
-    return value
-
-
-def seeded_subset(rows: list, limit, seed: int = 0) -> list:
-    """``rows`` or, with ``limit`` below their number, a seeded random subset of that size in data order."""
-    import numpy as np
-    if check_positive(limit) is not None and limit < len(rows):
-        keep = sorted(np.random.RandomState(seed).choice(len(rows), limit, replace=False))
-        rows = [rows[i] for i in keep]
-    return rows
 
 
 def load_rows(source: str, split: str = "test", config: str = "ja", limit: int = None, seed: int = 0) -> list:
