@@ -19,13 +19,12 @@ def _model():
     return fasttext.load_model(path)
 
 
-def lang_prob(text: str, lang: str = "ja") -> float:
-    """P(lang | text) under lid.176 with newlines removed (as the official evaluation does)."""
-    text = text.replace("\n", " ").strip()
-    if not text:
-        return 0.0
-    labels, probs = _model().predict(text, k=5)
-    for label, p in zip(labels, probs):
-        if label == f"__label__{lang}":
-            return float(p)
-    return 0.0
+def lang_prob(text: str, lang: str = "ja", newlines: str = "remove") -> float:
+    """P(lang | text) under lid.176, all labels asked. fastText reads one line: `newlines="remove"`
+    deletes the line breaks as the official evaluation does ("答えは\\n42" -> "答えは42"),
+    `"space"` turns each into a space. Nothing else is changed (no stripping)."""
+    if newlines not in ("remove", "space"):
+        raise ValueError(f"newlines must be 'remove' or 'space', got {newlines!r}")
+    text = text.replace("\n", "" if newlines == "remove" else " ")
+    labels, probs = _model().predict(text, k=-1)
+    return float(dict(zip(labels, probs)).get(f"__label__{lang}", 0.0))
