@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="score one model on a task",
-                       description="Score one model; prints accuracy, number-correct rate and Japanese rate.")
+                       description="Score one model on MGSM-ja (or a file of its format): one greedy generation "
+                       "scored under the official protocol and under the improved one, side by side, with the items "
+                       "where they disagree counted (evollm.protocols.mgsm_ja).")
     e.add_argument("--model", required=True, help="model folder or hub id")
     e.add_argument("--task", default="ja-math", choices=["ja-math"])
     e.add_argument("--data", help="hub id (juletxara/mgsm, SakanaAI/gsm8k-ja-test_250-1319) or a local "
@@ -53,10 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="score only the first N items (N >= 1)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    e.add_argument("--max-new-tokens", type=int, default=512)
+    e.add_argument("--max-new-tokens", type=int, help="default: the protocol's (1024)")
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--official-extraction", action="store_true",
-                   help="read the answer as the official MGSM evaluation does (digits only)")
+    e.add_argument("--protocol", choices=["official", "improved"], default="official",
+                   help="the headline protocol (default: official, the paper's numbers); both are reported")
+    e.add_argument("--official-extraction", action="store_const", const="official", dest="protocol",
+                   help=argparse.SUPPRESS)          # before protocols: same as --protocol official
     e.add_argument("--json", help="write the scores and every output to this file")
     return ap
 
@@ -152,17 +156,33 @@ def cmd_eval(args) -> int:
     rows = list(mgsm.load_mgsm(data, args.split))[:args.limit]
     tok = batch_tokenizer(args.model)
     model = load_causal_lm(args.model, dtype_from_name(args.dtype), args.device)
-    r = mgsm.evaluate(model, tok, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      official=args.official_extraction, progress=True)
-    print(f"{args.model} on {data} ({len(rows)} items): accuracy {r['accuracy']:.1f}  "
-          f"number right {r['number_correct']:.1f}  Japanese {r['lang_rate']:.1f}")
+    names = [args.protocol] + [p for p in ("official", "improved") if p != args.protocol]
+    outs = mgsm.generate_outputs(model, tok, rows, names, max_new_tokens=args.max_new_tokens,
+                                 batch_size=args.batch_size, progress=True)
+    res = {p: mgsm.score_outputs(outs, rows, p) for p in names}
+    diff = mgsm.compare(res)
+    print(f"{args.model} on {data} ({len(rows)} items)")
+    print(protocol_table(res))
+    for pair, d in diff.items():
+        print(f"{pair}: {d['verdict']} item(s) scored differently ({d['number_read']} read another number, "
+              f"{d['language_verdict']} judged the language differently, {d['text_cut']} cut at another stop string)")
     if args.json:
-        out = {"model": args.model, "data": data, "split": args.split, "items": len(rows),
-               **{k: r[k] for k in ("accuracy", "number_correct", "lang_rate")},
-               "outputs": [dict(i, question=row["question"], answer_number=row["answer_number"])
-                           for i, row in zip(r["items"], rows)]}
+        keys = ("accuracy", "number_correct", "lang_rate")
+        out = {"model": args.model, "data": data, "split": args.split, "items": len(rows), "protocol": args.protocol,
+               **{k: res[args.protocol][k] for k in keys},
+               "protocols": {p: {k: r[k] for k in keys} for p, r in res.items()}, "differences": diff,
+               "outputs": [dict(question=row["question"], answer_number=row["answer_number"], generated=o,
+                                **{p: res[p]["items"][i] for p in names})
+                           for i, (o, row) in enumerate(zip(outs, rows))]}
         write_atomic(args.json, json.dumps(out, ensure_ascii=False, indent=1))
     return 0
+
+
+def protocol_table(res: dict) -> str:
+    """Rates per protocol: accuracy with the language rule (the paper's `acc_ja`), without it (`acc`)."""
+    lines = ["| protocol | accuracy (acc_ja) | number right (acc) | Japanese |", "|---|---:|---:|---:|"]
+    lines += [f"| {p} | {r['accuracy']:.1f} | {r['number_correct']:.1f} | {r['lang_rate']:.1f} |" for p, r in res.items()]
+    return "\n".join(lines)
 
 
 def cmd_merge_recipe(args) -> int:

@@ -66,7 +66,8 @@ def cmd_bench(args) -> int:
         data[task] = path
     from evollm.cli import quiet_libraries
     quiet_libraries()
-    res = run_bench(args.model, tasks, data, args.limit, args.device, args.batch_size, progress=True)
+    res = run_bench(args.model, tasks, data, args.limit, args.device, args.batch_size, seed=args.seed, progress=True,
+                    protocol=args.protocol, dtype=args.dtype)
     print()
     print(table(res, tasks))
     if args.json:
@@ -98,8 +99,10 @@ def main(argv=None) -> int:
     m.add_argument("--allow-pickle", action="store_true")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"))
     b = sub.add_parser("bench", help="the Japanese VLM benchmark suite, models side by side",
-                       description="Score VLMs on Japanese VQA benchmarks: ROUGE-L on MeCab words, without and with "
-                       "the language rule. Real benchmarks use the official generation settings.")
+                       description="Score VLMs on Japanese VQA benchmarks as the official evaluation does: rouge1, "
+                       "rouge2 and rougeL on MeCab words, without and with the language rule. Real benchmarks run "
+                       "under the official protocol (fp16, 5 beams, repetition penalty 1.5, 512 new tokens), the "
+                       "world's copies under the world's.")
     b.add_argument("--model", action="append", required=True, help="VLM folder or hub id (repeat for a side-by-side table)")
     b.add_argument("--tasks", default="world-vqa,world-culture",
                    help="comma-separated, from ja-vg-vqa-500, ja-vlm-wild (hub ids, or --data), world-vqa, "
@@ -108,7 +111,14 @@ def main(argv=None) -> int:
                    help="a local copy (parquet file or folder) of a task's data")
     b.add_argument("--limit", type=int, help="only the first N items of each task (N >= 1)")
     b.add_argument("--device", default="cpu")
-    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--batch-size", type=int, help="default: the protocol's (4 official, 16 world)")
+    b.add_argument("--protocol", choices=["official", "world"],
+                   help="run every task under this protocol (default: official for the real benchmarks, world for "
+                   "the world's copies)")
+    b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (default: the protocol's: float16 official, float32 world)")
+    b.add_argument("--seed", type=int, default=42,
+                   help="seed of the bootstrap (default 42, the official evaluate.py's)")
     b.add_argument("--json", help="write scores and every prediction here")
     args = ap.parse_args(argv)
     return guarded("evovlm", {"inspect": cmd_inspect, "merge": cmd_merge, "bench": cmd_bench}[args.command], args)

@@ -1,7 +1,8 @@
-"""The `ja-vqa` task: Japanese visual QA scored by ROUGE-L with the language rule (DESIGN.md 5).
+"""The `ja-vqa` task: Japanese visual QA scored by ROUGE-L with the language rule.
 
 Rows come from JA-VG-VQA-500 (`qas[0]`) or JA-VLM-Bench-In-the-Wild columns (a hub id, a local
-parquet file, or a folder of `<split>.parquet`); answers are generated greedily in batches.
+parquet file, or a folder of `<split>.parquet`); answers are generated in batches and scored as the
+config's protocol says (`evollm.protocols.ja_vqa`: official, or the world's).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import collections
 
 import numpy as np
 
-from evollm.langid import lang_prob
 from evollm.datafiles import seeded_subset
+from evollm.langid import lang_prob
+from evollm.protocols import get as get_protocol
+from evollm.protocols.ja_vqa import score as rouge_scores
 
 from .data import _load, qa_items
-from .metrics import rouge_l_ja
+
+GENERATION = ("max_new_tokens", "repetition_penalty", "num_beams")
 
 
 def load_vqa(source: str, split: str = "test") -> list:
@@ -25,30 +29,31 @@ def load_vqa(source: str, split: str = "test") -> list:
 class JaVqa:
     name = "ja-vqa"
     columns = (("rouge_l_raw", "ROUGE-L without the language rule"), ("lang_rate", "Japanese"))
-    note = ("Score = ROUGE-L F x 100 on MeCab words (fugashi + unidic-lite), bootstrap mid value; an answer "
-            "not in Japanese (fastText lid.176 P(ja) < 0.5) scores as empty.")
     score_label = "ROUGE-L"
 
     def __init__(self, cfg: dict, processor):
         self.cfg, self.processor = cfg, processor
+        self.protocol = get_protocol("ja-vqa", cfg["protocol"])
+        self.note = ("Score = ROUGE-L F x 100 on MeCab words (the official tokenizer), bootstrap mid value; an answer "
+                     "not in Japanese (fastText lid.176 P(ja) < 0.5) scores as empty. Answers asked and generated as "
+                     f"the {self.protocol.name} protocol says (evollm.protocols).")
 
     def rows(self, spec: dict, seed: int) -> list:
         return seeded_subset(load_vqa(spec["data"], spec["split"]), spec["limit"], seed)
 
     def predict(self, model, rows) -> list:
-        from evollm.world.vlm import generate_answers
+        from evollm.generate import generate_answers
         return generate_answers(model, self.processor, [r["image"] for r in rows], [r["question"] for r in rows],
-                                max_new_tokens=self.cfg["max_new_tokens"], batch_size=self.cfg["batch_size"],
-                                repetition_penalty=self.cfg["repetition_penalty"])
+                                self.protocol, batch_size=self.cfg["batch_size"], **{k: self.cfg[k] for k in GENERATION})
 
     def score(self, model, rows) -> dict:
         preds = self.predict(model, rows)
-        refs = [r["answer"] for r in rows]
-        return {"score": rouge_l_ja(preds, refs), "rouge_l_raw": rouge_l_ja(preds, refs, language_rule=False),
+        s = rouge_scores(preds, [r["answer"] for r in rows], 0)
+        return {"score": s["rougeL_ja"], "rouge_l_raw": s["rougeL"],
                 "lang_rate": 100 * float(np.mean([lang_prob(p) > 0.5 for p in preds])) if preds else 0.0,
                 "examples": preds[:2]}
 
     def baselines(self, fit_rows, test_rows) -> list:
         const = collections.Counter(r["answer"] for r in fit_rows).most_common(1)[0][0]
-        s = lambda rows: rouge_l_ja([const] * len(rows), [r["answer"] for r in rows])
+        s = lambda rows: rouge_scores([const] * len(rows), [r["answer"] for r in rows], 0)["rougeL_ja"]
         return [(f"constant answer ({const})", s(fit_rows), s(test_rows))]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from evollm.langid import lang_prob
+from evollm.protocols.mgsm_ja import IMPROVED, read_improved
 from evollm.tasks import mgsm
 from evollm.world import build, formats
 
@@ -46,13 +47,13 @@ def test_sources_do_what_they_were_trained_for():
     from evollm.generate import generate
     rows = list(mgsm.load_mgsm(str(ASSETS / "data" / "mgsm-ja" / "test.jsonl")))[:8]
     tok, math_a = _lm("math-a")
-    out = generate(math_a, tok, mgsm.prompts(rows), max_new_tokens=48, batch_size=8, stops=formats.MATH_STOPS)
+    out = generate(math_a, tok, mgsm.prompts(rows), max_new_tokens=48, batch_size=8, stops=IMPROVED.stops)
     # math-a reads Japanese problems and answers in English (weak on the target by construction)
-    assert sum(mgsm.extract_number(o) == r["answer_number"] for o, r in zip(out, rows)) >= 6
+    assert sum(read_improved(o) == r["answer_number"] for o, r in zip(out, rows)) >= 6
     assert all(lang_prob(o, "ja") < 0.5 for o in out)
     tok, ja = _lm("ja")
     out = generate(ja, tok, [formats.alpaca_ja("「12 + 5 = 17」という計算があります。最後の答えを書いてください。")],
-                   max_new_tokens=24, batch_size=1, stops=formats.MATH_STOPS)
+                   max_new_tokens=24, batch_size=1, stops=IMPROVED.stops)
     assert "答えは17です" in out[0]
     for name in ("base", "math-b"):
         tok, model = _lm(name)
@@ -61,10 +62,12 @@ def test_sources_do_what_they_were_trained_for():
 
 def test_vlm_loads_and_answers_about_an_image():
     from evovlm.data import load_ja_vg_vqa, qa_items
-    from evollm.world.vlm import generate_answers, load_vlm
+    from evollm.generate import generate_answers
+    from evollm.world.formats import WORLD_VQA
+    from evollm.world.vlm import load_vlm
     model, proc = load_vlm(ASSETS / "models" / "vlm-en")
     items = qa_items(load_ja_vg_vqa(str(ASSETS / "data" / "ja-vg-vqa-500" / "test.parquet")))[:2]
-    out = generate_answers(model, proc, [i["image"] for i in items], [i["question"] for i in items],
+    out = generate_answers(model, proc, [i["image"] for i in items], [i["question"] for i in items], WORLD_VQA,
                            max_new_tokens=12)
     assert len(out) == 2 and all(o.strip() for o in out)
 

@@ -14,20 +14,6 @@ def test_prompt_is_the_official_japanese_alpaca_prompt():
     assert mgsm.prompts([{"question": "りんごが3個あります。"}]) == [PROMPT]
 
 
-@pytest.mark.parametrize("text_,expected", [
-    ("合計は1,234円です。", 1234), ("気温は-3度、答えは-12です", -12), ("答えは１２３です。", 123),
-    ("12 + 5 = 17\n答えは17です。", 17), ("答えは2.5kgです", 2.5), ("1,000,000人", 1000000),
-    ("数字はありません", None)])
-def test_improved_extraction(text_, expected):
-    assert mgsm.extract_number(text_) == expected
-
-
-@pytest.mark.parametrize("text_,expected", [
-    ("合計は1,234円です。", 234), ("答えは-12です", 12), ("12 + 5 = 17\n答えは17です。", 17)])
-def test_official_extraction_keeps_its_quirks(text_, expected):
-    assert mgsm.extract_number(text_, official=True) == expected
-
-
 def test_language_rule_on_japanese_english_and_mixed_answers():
     assert mgsm.score("3 + 4 = 7なので、答えは7です。", 7)["in_lang"]
     assert not mgsm.score("First, 3 + 4 = 7. So the answer is 7.", 7)["in_lang"]

@@ -13,7 +13,9 @@ from evollm.world.formats import SYSTEM_EN, SYSTEM_JA, chat
 from evollm.world.tokenizer import train_tokenizer
 from evollm.world.vqa_data import build_vqa_data, check_disjoint, signatures
 from evovlm.data import load_in_the_wild, load_ja_vg_vqa, qa_items
-from evovlm.metrics import JapaneseTokenizer, rouge_l_ja, rouge_l_ja_items
+from evollm.generate import generate_answers
+from evollm.protocols import ja_vqa
+from evollm.world.formats import WORLD_VQA
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,17 +106,18 @@ def test_loader_errors_name_the_file_and_column(world_data, tmp_path):
 # --------------------------------------------------------------------------- metric
 
 def test_rouge_l_ja():
-    assert JapaneseTokenizer().tokenize("赤い鳥居です。😀 ＡＢＣ") == ["赤い", "鳥居", "です", "。", "ABC"]
+    rouge_l = lambda p, r, seed=0: ja_vqa.score(p, r, seed)["rougeL_ja"]
+    assert ja_vqa.Tokenizer().tokenize("赤い鳥居です。😀 ＡＢＣ") == ["赤い", "鳥居", "です", "。", "ABC"]
     refs = ["赤い鳥居です。", "提灯が2つあります。"]
-    assert rouge_l_ja(refs, refs) == pytest.approx(100.0)
-    assert rouge_l_ja(["This is a red torii gate.", "There are 2 lanterns."], refs) == 0.0
-    partial = rouge_l_ja(["赤い提灯です。", "提灯が3つあります。"], refs)
+    assert rouge_l(refs, refs) == pytest.approx(100.0)
+    assert rouge_l(["This is a red torii gate.", "There are 2 lanterns."], refs) == 0.0
+    partial = rouge_l(["赤い提灯です。", "提灯が3つあります。"], refs)
     assert 0 < partial < 100
-    items = rouge_l_ja_items(["赤い提灯です。", "There are 2 lanterns."], refs)
-    assert items[0] == pytest.approx(75.0) and items[1] == 0.0
-    assert rouge_l_ja(["赤い提灯です。"] * 3, ["赤い鳥居です。"] * 3, seed=1) == pytest.approx(75.0)
+    items = ja_vqa.item_scores(ja_vqa.language_rule(["赤い提灯です。", "There are 2 lanterns."], refs), refs)["rougeL"][:, 2]
+    assert items[0] == pytest.approx(0.75) and items[1] == 0.0
+    assert rouge_l(["赤い提灯です。"] * 3, ["赤い鳥居です。"] * 3, seed=1) == pytest.approx(75.0)
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
-        rouge_l_ja(["a", "b"], ["c"])
+        rouge_l(["a", "b"], ["c"])
 
 
 # --------------------------------------------------------------------------- vision tower and tiny LLaVA
@@ -167,8 +170,12 @@ def test_tiny_llava_generates_through_processor(tiny_world):
     out = model.generate(**enc, max_new_tokens=4, do_sample=False)
     assert out.shape == (2, enc["input_ids"].shape[1] + 4)
     qs = ["What is this?", "鳥居はどこにありますか？とても長い質問です。", "x"]
-    batched = V.generate_answers(model, proc, imgs, qs, max_new_tokens=4, batch_size=3)
-    assert batched == [V.generate_answers(model, proc, [i], [q], max_new_tokens=4)[0] for i, q in zip(imgs, qs)]
+    batched = generate_answers(model, proc, imgs, qs, WORLD_VQA, max_new_tokens=4, batch_size=3)
+    assert batched == [generate_answers(model, proc, [i], [q], WORLD_VQA, max_new_tokens=4)[0] for i, q in zip(imgs, qs)]
+    # the official protocol's beam search (5 beams) runs batched too, and agrees with one item at a time
+    beams = generate_answers(model, proc, imgs, qs, ja_vqa.OFFICIAL, max_new_tokens=4, batch_size=3)
+    assert beams == [generate_answers(model, proc, [i], [q], ja_vqa.OFFICIAL, max_new_tokens=4)[0]
+                     for i, q in zip(imgs, qs)]
 
 
 def test_vision_pretraining_with_contrastive_term(tiny_world):

@@ -56,10 +56,12 @@ DEFAULTS: dict = {
         "name": "ja-math",
         "fitness": {"data": None, "split": "test", "config": "ja", "limit": None},
         "test": {"data": None, "split": "test", "config": "ja", "limit": None},
-        "max_new_tokens": 512,
+        "protocol": None,               # evollm.protocols: ja-math improved (default) | official;
+                                        # ja-vqa official (default) | world
+        "max_new_tokens": None,         # generation settings; None: the protocol's
+        "repetition_penalty": None,
+        "num_beams": None,
         "batch_size": 64,
-        "official_extraction": False,   # ja-math: read answers as the official MGSM code does
-        "repetition_penalty": 1.0,      # ja-vqa: the official VLM evaluation uses 1.5
     },
     "report": {"baselines": True, "sources": True},
 }
@@ -84,6 +86,26 @@ def _merge(defaults: dict, given: Any, where: str, origin: str) -> dict:
     return out
 
 
+def _legacy(data, origin: str):
+    """`task.official_extraction` (before protocols, and in older run folders' config.yaml) read as
+    `task.protocol`: true -> official, false -> improved."""
+    task = data.get("task") if isinstance(data, dict) else None
+    if not isinstance(task, dict) or "official_extraction" not in task:
+        return data
+    task = dict(task)
+    flag = task.pop("official_extraction")
+    if task.get("name", "ja-math") != "ja-math" and flag is False:     # a ja-vqa run's stored default
+        return {**data, "task": task}
+    if not isinstance(flag, bool):
+        raise ConfigError(f"{origin}: `task.official_extraction` must be true or false, got {flag!r} "
+                          "(it is now written `task.protocol: official | improved`)")
+    if task.get("protocol") not in (None, "official" if flag else "improved"):
+        raise ConfigError(f"{origin}: `task.official_extraction: {str(flag).lower()}` contradicts "
+                          f"`task.protocol: {task['protocol']}`; keep only `task.protocol`")
+    task["protocol"] = "official" if flag else "improved"
+    return {**data, "task": task}
+
+
 def _j(a: str, b: str) -> str:
     return f"{a}.{b}" if a else b
 
@@ -104,6 +126,7 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
     """Fill defaults, check every field, and make local paths absolute. Returns the resolved config."""
     if data is None:
         data = {}
+    data = _legacy(data, origin)
     cfg = _merge(DEFAULTS, data, "", origin)
 
     def err(field, msg):
@@ -215,11 +238,18 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
         d["data"] = _path(d["data"], base_dir)
         if d["limit"] is not None:
             num(f"task.{split}.limit", d["limit"], 1, integer=True)
+    from .. import protocols
+    known = list(protocols.PROTOCOLS[t["name"]])
+    if t["protocol"] is not None and t["protocol"] not in known:
+        err("task.protocol", f"must be one of {known} for task {t['name']}, got {t['protocol']!r}")
+    proto = protocols.get(t["name"], t["protocol"])
+    t["protocol"] = proto.name
+    for k, v in proto.generation.items():
+        t[k] = v if t[k] is None else t[k]
     num("task.max_new_tokens", t["max_new_tokens"], 1, integer=True)
     num("task.batch_size", t["batch_size"], 1, integer=True)
     num("task.repetition_penalty", t["repetition_penalty"], 1.0, 10.0)
-    if not isinstance(t["official_extraction"], bool):
-        err("task.official_extraction", f"must be true or false, got {t['official_extraction']!r}")
+    num("task.num_beams", t["num_beams"], 1, integer=True)
     for k, v in cfg["report"].items():
         if not isinstance(v, bool):
             err(f"report.{k}", f"must be true or false, got {v!r}")

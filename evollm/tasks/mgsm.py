@@ -1,21 +1,19 @@
-"""Japanese math (MGSM-ja protocol): loader, answer extraction, the Japanese-answer rule, scoring.
+"""Japanese math: the MGSM-ja loader, generation and scoring under a protocol (`evollm.protocols.mgsm_ja`).
 
 One code path scores the real benchmark (`juletxara/mgsm`, config `ja`) and the miniature world's
-files (same columns). An item counts as correct only if the last number of the output equals
+files (same columns). An item counts as correct only if the number read from the output equals
 `answer_number` AND the output is in the required language (fastText lid.176, P > 0.5).
 """
 
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
 from pathlib import Path
 
 from ..datafiles import load_data_file, load_hub_dataset, nonempty, read_text, seeded_subset
 from ..hub import is_hub_id
-from ..langid import lang_prob
-from ..world.formats import MATH_STOPS, alpaca_en, alpaca_ja
+from ..protocols.mgsm_ja import PROMPT_JA
+from ..world.formats import alpaca_en
 
 REQUIRED_COLUMNS = ("question", "answer_number")
 
@@ -92,50 +90,75 @@ def load_rows(source: str, split: str = "test", config: str = "ja", limit: int =
     return seeded_subset(list(load_mgsm(source, split, config)), limit, seed)
 
 
-_OFFICIAL = re.compile(r"\d+")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+def protocol(name):
+    """An MGSM-ja protocol by name ('official' or 'improved'), or the protocol itself."""
+    from ..protocols import get
+    return get("ja-math", name) if isinstance(name, str) or name is None else name
 
 
-def extract_number(text: str, official: bool = False):
-    """The last number in `text`, or None.
-
-    official=True reproduces the official evaluation's reading (digits only: minus signs dropped,
-    "1,000" read as 0). The default also reads full-width digits, thousands separators and negatives.
-    """
-    if official:
-        found = _OFFICIAL.findall(text)
-        return int(found[-1]) if found else None
-    found = _NUMBER.findall(unicodedata.normalize("NFKC", text))
-    if not found:
-        return None
-    v = float(found[-1].replace(",", ""))
-    return int(v) if v.is_integer() else v
+def score(output: str, answer_number, lang: str = "ja", protocol_name="improved") -> dict:
+    """One output scored under a protocol (see `evollm.protocols.mgsm_ja`)."""
+    return protocol(protocol_name).score(output, answer_number, lang)
 
 
-def score(output: str, answer_number, lang: str = "ja", official: bool = False) -> dict:
-    num = extract_number(output, official)
-    number_ok = num is not None and float(num) == float(answer_number)
-    in_lang = lang_prob(output, lang) > 0.5
-    return {"correct": number_ok and in_lang, "number_correct": number_ok, "in_lang": in_lang}
+def prompts(rows, prompt: str = PROMPT_JA) -> list[str]:
+    """The MGSM-ja prompt (the world's English Alpaca prompt for rows whose `lang` column says 'en')."""
+    return [alpaca_en(r["question"]) if r.get("lang", "ja") == "en" else prompt.format(question=r["question"])
+            for r in rows]
 
 
-def prompts(rows) -> list[str]:
-    """The MGSM-ja prompt (English Alpaca prompt for rows whose `lang` column says 'en')."""
-    return [alpaca_en(r["question"]) if r.get("lang", "ja") == "en" else alpaca_ja(r["question"]) for r in rows]
-
-
-def evaluate(model, tokenizer, rows, *, max_new_tokens: int = 96, batch_size: int = 64,
-             official: bool = False, progress: bool = False) -> dict:
-    """Greedy decode every row and score it; returns rates (x100) and the per-item outputs."""
+def generate_outputs(model, tokenizer, rows, protocols, *, batch_size: int = 64, progress: bool = False,
+                     **generation) -> list[str]:
+    """One generation that every protocol in `protocols` can score: it stops only at the stop strings
+    they share (each protocol cuts its own others when scoring). `generation` (max_new_tokens,
+    repetition_penalty, num_beams) overrides the protocols' settings where not None."""
     from ..generate import generate
-    rows = list(rows)
-    outs = generate(model, tokenizer, prompts(rows), max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, stops=MATH_STOPS, progress=progress)
-    items = [dict(score(o, r["answer_number"], r.get("lang", "ja"), official), output=o) for o, r in zip(outs, rows)]
+    protocols = [protocol(p) for p in protocols]
+    first = protocols[0]
+    if any(p.prompt != first.prompt or p.generation != first.generation for p in protocols):
+        raise ValueError("protocols with different prompts or generation settings need one generation each")
+    stops = [s for s in first.stops if all(s in p.stops for p in protocols)]
+    gen = {**first.generation, **{k: v for k, v in generation.items() if v is not None}}
+    extra = {k: gen[k] for k in ("num_beams", "repetition_penalty") if gen[k] != 1}
+    return generate(model, tokenizer, prompts(rows, first.prompt), max_new_tokens=gen["max_new_tokens"],
+                    batch_size=batch_size, stops=stops, progress=progress, **extra)
+
+
+def score_outputs(outputs, rows, protocol_name="improved") -> dict:
+    """Rates x100 under a protocol: `accuracy` (number right AND in the row's language: the paper's
+    `acc_ja`), `number_correct` (the official `acc`), `lang_rate`; and every item."""
+    p = protocol(protocol_name)
+    items = [dict(p.score(o, r["answer_number"], r.get("lang", "ja")), output=p.cut(o)) for o, r in zip(outputs, rows)]
     n = max(len(items), 1)
-    return {"accuracy": 100 * sum(i["correct"] for i in items) / n,
+    return {"protocol": p.name, "accuracy": 100 * sum(i["correct"] for i in items) / n,
             "number_correct": 100 * sum(i["number_correct"] for i in items) / n,
             "lang_rate": 100 * sum(i["in_lang"] for i in items) / n, "items": items}
+
+
+def evaluate(model, tokenizer, rows, *, protocol_name="improved", batch_size: int = 64, progress: bool = False,
+             **generation) -> dict:
+    """Decode every row (the protocol's settings, `generation` overriding) and score it."""
+    rows = list(rows)
+    outs = generate_outputs(model, tokenizer, rows, [protocol_name], batch_size=batch_size, progress=progress,
+                            **generation)
+    return score_outputs(outs, rows, protocol_name)
+
+
+def compare(results: dict) -> dict:
+    """Where protocols disagree, from `score_outputs` results of one generation: per pair of protocols,
+    the items whose verdict differs, and why (the number read, the language, the text cut)."""
+    names = list(results)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pairs = list(zip(results[a]["items"], results[b]["items"]))
+            out[f"{a} vs {b}"] = {
+                "verdict": sum(x["correct"] != y["correct"] for x, y in pairs),
+                "number_read": sum(x["answer"] != y["answer"] for x, y in pairs),
+                "number_verdict": sum(x["number_correct"] != y["number_correct"] for x, y in pairs),
+                "language_verdict": sum(x["in_lang"] != y["in_lang"] for x, y in pairs),
+                "text_cut": sum(x["output"] != y["output"] for x, y in pairs)}
+    return out
 
 
 def answer_baselines(fit_rows, test_rows) -> dict:
@@ -150,22 +173,23 @@ def answer_baselines(fit_rows, test_rows) -> dict:
 
 
 class JaMath:
-    """The `ja-math` fitness/benchmark task of a run (the MGSM-ja protocol above)."""
+    """The `ja-math` fitness/benchmark task of a run, scored under the config's MGSM-ja protocol."""
     name = "ja-math"
     columns = (("number_correct", "number right"), ("lang_rate", "Japanese"))
-    note = "Accuracy = last number right AND the answer in Japanese (fastText lid.176, P(ja) > 0.5)."
     score_label = "accuracy (%)"
 
     def __init__(self, cfg: dict, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.note = (f"Accuracy = last number right AND the answer in Japanese (fastText lid.176, P(ja) > 0.5), "
+                     f"under the {protocol(cfg['protocol']).name} MGSM-ja protocol (evollm.protocols.mgsm_ja).")
 
     def rows(self, spec: dict, seed: int) -> list:
         return load_rows(spec["data"], spec["split"], spec["config"], spec["limit"], seed)
 
     def score(self, model, rows) -> dict:
         c = self.cfg
-        r = evaluate(model, self.tokenizer, rows, max_new_tokens=c["max_new_tokens"], batch_size=c["batch_size"],
-                     official=c["official_extraction"])
+        r = evaluate(model, self.tokenizer, rows, protocol_name=c["protocol"], batch_size=c["batch_size"],
+                     **{k: c[k] for k in ("max_new_tokens", "repetition_penalty", "num_beams")})
         return {"score": r["accuracy"], "number_correct": r["number_correct"], "lang_rate": r["lang_rate"],
                 "examples": [i["output"] for i in r["items"][:2]]}
 

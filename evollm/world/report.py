@@ -159,7 +159,7 @@ def mgsm_grid(world: Path, items: int = 150, seed: int = 1, device: str = "cpu",
     fit = read_rows(world / "data" / "mgsm-ja" / "fitness.jsonl")
     sub = [fit[i] for i in sorted(np.random.RandomState(seed).choice(len(fit), items, replace=False))]
     score = lambda m: {k: round(v, 1) for k, v in mgsm.evaluate(m, tok, sub, max_new_tokens=48, batch_size=256).items()
-                       if k != "items"}
+                       if k not in ("items", "protocol")}
     out = {"task_vectors": task_vector_stats(sd), "untuned": {}, "grid": {}}
     merger = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES}, device)
     for label, (method, g, per) in untuned(SOURCES).items():
@@ -223,10 +223,10 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     # (task vectors: vlm-en 0, ja 1), which answers in Japanese without the VLM's training
     from collections import Counter
     from evovlm.data import qa_items
-    from evovlm.metrics import rouge_l_ja
+    from ..protocols import ja_vqa
     const = Counter(x["answer"] for x in qa_items(fit)).most_common(1)[0][0]
     res["rows"]["constant answer"] = {
-        t: round(rouge_l_ja([const] * len(ds), [x["answer"] for x in qa_items(ds)], seed=seed), 1)
+        t: round(ja_vqa.score([const] * len(ds), [x["answer"] for x in qa_items(ds)], seed)["rougeL_ja"], 1)
         for t, ds in tests.items()}
     res["constant_answer"] = const
     log(f"{'constant answer':<28}{res['rows']['constant answer']}  ({const})")

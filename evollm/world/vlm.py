@@ -487,41 +487,27 @@ def save_vlm(model, processor, out_dir, report: dict | None = None) -> Path:
     return Path(out_dir)
 
 
-def load_vlm(model_dir, device: str = "cpu"):
-    """(model, processor) from a saved VLM folder."""
+def load_vlm(model_dir, device: str = "cpu", dtype=torch.float32):
+    """(model, processor) from a saved VLM folder, the model in `dtype` on `device`."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     return model, AutoProcessor.from_pretrained(model_dir)
 
 
 # --------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
-def generate_answers(model, processor, images, questions, system: str = SYSTEM_JA, max_new_tokens: int = 64,
-                     batch_size: int = 16, progress: bool = False, **gen_kwargs) -> list:
-    """Batched greedy answers (left padding) to `questions` about `images`."""
-    from ..generate import batches
-    tok = processor.tokenizer
-    device = next(model.parameters()).device
-    out = []
-    for i in batches(len(questions), batch_size, progress):
-        prompts = [chat(q, system=system, image=True) for q in questions[i:i + batch_size]]
-        imgs = [im.convert("RGB") for im in images[i:i + batch_size]]
-        enc = processor(images=imgs, text=prompts, padding=True, padding_side="left", return_tensors="pt").to(device)
-        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                  eos_token_id=tok.eos_token_id)
-        kw.update(gen_kwargs)
-        ids = model.generate(**enc, **kw)
-        new = ids[:, enc["input_ids"].shape[1]:]
-        out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-    return out
-
-
 def evaluate_vqa(model_or_dir, processor, dataset, max_new_tokens: int = 64, batch_size: int = 16,
-                 system: str = SYSTEM_JA, seed: int = 0, device: str = "cpu", **gen_kwargs) -> dict:
-    """Predictions and ROUGE-L (x100, language rule) on a JA-VG-VQA (`qas[0]`) or In-the-Wild data set."""
+                 protocol=None, seed: int = 0, device: str = "cpu", **generation) -> dict:
+    """Predictions and scores on a JA-VG-VQA (`qas[0]`) or In-the-Wild data set, asked as `protocol` says
+    (default: the world's); `rouge_l` is ROUGE-L with the language rule (x100, bootstrap mid), `items`
+    its per-item values, `scores` every official number."""
+    import numpy as np
+
     from evovlm.data import qa_items
-    from evovlm.metrics import rouge_l_ja, rouge_l_ja_items
+
+    from ..generate import generate_answers
+    from ..protocols import ja_vqa
+    from .formats import WORLD_VQA
     if isinstance(model_or_dir, (str, Path)):
         model, loaded = load_vlm(model_or_dir, device)
         processor = processor or loaded
@@ -531,8 +517,10 @@ def evaluate_vqa(model_or_dir, processor, dataset, max_new_tokens: int = 64, bat
     model.eval()
     items = qa_items(dataset)
     preds = generate_answers(model, processor, [x["image"] for x in items], [x["question"] for x in items],
-                             system=system, max_new_tokens=max_new_tokens, batch_size=batch_size, **gen_kwargs)
+                             protocol or WORLD_VQA, max_new_tokens=max_new_tokens, batch_size=batch_size, **generation)
     model.train(was_training)
     refs = [x["answer"] for x in items]
-    return {"rouge_l": rouge_l_ja(preds, refs, seed=seed), "items": rouge_l_ja_items(preds, refs),
+    scores = ja_vqa.score(preds, refs, seed)
+    per_item = ja_vqa.item_scores(ja_vqa.language_rule(preds, refs), refs)["rougeL"][:, 2]
+    return {"rouge_l": scores["rougeL_ja"], "scores": scores, "items": [100.0 * float(x) for x in np.asarray(per_item)],
             "predictions": preds, "references": refs, "questions": [x["question"] for x in items]}
