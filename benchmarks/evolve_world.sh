@@ -28,7 +28,7 @@ for f in path.png dfs/path.png; do [ -f "$out/$f" ] && cp "$out/$f" "$dest-path.
       -e "s#(path.png)#($(basename "$dest")-path.png)#"
     cp "$out/dfs/fitness.png" "$dest-dfs.png"
   fi
-} > "$dest.md"
+} | sed -e "s#$PWD/##g" > "$dest.md"          # paths as the repo sees them (no machine's absolute path)
 if [ "$front" = evovlm ]; then
   bstart=$(date +%s)
   HF_HUB_OFFLINE=1 .venv/bin/evovlm bench --model assets/models/vlm-en --model "$out/best/model" \
@@ -40,6 +40,6 @@ if [ "$front" = evovlm ]; then
     echo "Command: \`evovlm bench --model assets/models/vlm-en --model $out/best/model\` ($(( $(date +%s) - bstart )) s)."
     echo
     grep '^|' "$out/bench.txt"
-  } >> "$dest.md"
+  } | sed -e "s#$PWD/##g" >> "$dest.md"
 fi
 echo "wrote $dest.md ($secs s)"
