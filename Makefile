@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo toy test test-latest test-oldest lock world report clean
+.PHONY: install demo toy test test-fast wheel-check test-latest test-oldest lock world report clean
 
 # The tested set: requirements/lock.txt pins every package besides torch (see README "Installation").
 LOCK    := requirements/lock.txt
@@ -28,22 +28,30 @@ demo: install
 
 # Issue 2's toy: every merge method on two tiny fine-tunes trained on the spot.
 toy: install
-	$(BIN)/python -m evollm.demo
+	$(BIN)/python -m evollm.toy
 
 # Regenerate the miniature world from its recipe into $(WORLD) (assets/README.md: times on CPU and GPU;
 # `make world WORLD=assets` replaces the committed one).
 WORLD ?= build/world
 world: install
-	$(BIN)/python -m evollm.world.build --out $(WORLD)
+	$(BIN)/python -m miniworld.build --out $(WORLD)
 
 # The measurements recorded in assets/README.md (CPU: about 30 min; add --device cuda on a GPU).
 report: install
-	$(BIN)/python -m evollm.world.report --world assets --target mgsm-ja --budget 160 --fitness-items 300 --weight-max 2
-	$(BIN)/python -m evollm.world.report --world assets --target mixed --budget 48 --fitness-items 100
-	$(BIN)/python -m evollm.world.report --world assets --target vqa --budget 24 --fitness-items 100
+	$(BIN)/python -m miniworld.report --world assets --target mgsm-ja --budget 160 --fitness-items 300 --weight-max 2
+	$(BIN)/python -m miniworld.report --world assets --target mixed --budget 48 --fitness-items 100
+	$(BIN)/python -m miniworld.report --world assets --target vqa --budget 24 --fitness-items 100
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# The suite without the tests marked slow (runs, kills, resumes): seconds instead of minutes.
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow"
+
+# The package as users get it: a wheel in a clean venv, used from outside the checkout (.ci/wheel-check).
+wheel-check:
+	PY=$(PY) TORCH="$(TORCH)" bash .ci/wheel-check
 
 # The suite against the newest releases of everything (no lock), in its own venv made afresh: run it
 # before moving the lock (then `make lock`), so that a new release's break is seen before users see it.

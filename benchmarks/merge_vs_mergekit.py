@@ -313,11 +313,9 @@ def tensor_scale(tensor) -> float:
 
 
 def save_model(model, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    from evollm.fsutil import AtomicFolder
+    with AtomicFolder(path, force=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
 
 
 def count_params(model_dir: Path) -> int:

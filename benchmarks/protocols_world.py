@@ -150,9 +150,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from evollm.cli import quiet_libraries
-    from evollm.merger import run_merge
+    from evollm.engine.disk import run_merge
     from evollm.recipe import load_recipe
-    from evovlm.merge import merge_vlm
+    from evovlm.export import merge_vlm
     quiet_libraries()
     log = lambda *a: print(*a, file=sys.stderr, flush=True)
     t0 = time.time()

@@ -87,22 +87,29 @@ def quiet_libraries():
     huggingface_hub.utils.disable_progress_bars()
 
 
-def cmd_evolve(args, default_config=None, benches=None, prog="evollm") -> int:
-    """An evolution run (shared by `evovlm merge --config`, which passes its config and Workbench)."""
+def cmd_evolve(args, default_config: str = "world-ja-math.yaml", prog: str = "evollm") -> int:
+    """An evolution run (shared by `evovlm merge --config`, whose default config is the world's VQA
+    run); without --config, configs/`default_config` of the checkout (the miniature world's)."""
     import shlex
     import time
 
     from .search.config import load_config
     from .search.report import failure_lines, table
-    from .search.run import RunFailed, logged_candidates, run
+    from .search.run import RunFailed, run
+    from .search.runfolder import logged_candidates
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run folder to continue)")
-    cfg = load_config(args.config or default_config) if (args.config or not args.resume) else None
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .checkout import checkout_file
+    if args.config or not args.resume:
+        cfg = load_config(args.config or checkout_file("configs", default_config, what="no --config given, and the "
+                                                      "default run config"))
+    else:
+        cfg = None
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     quiet_libraries()
     resume = f"{prog} merge --out {shlex.quote(str(out))} --resume"
     try:
-        data = run(cfg, out, resume=args.resume, progress=not args.quiet, benches=benches)
+        data = run(cfg, out, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt as e:
         if out.is_dir():
             n = logged_candidates(out)
@@ -138,19 +145,18 @@ def cmd_eval(args) -> int:
 
     from .checkpoint import check_model_folder, dtype_from_name
     from .datafiles import check_out_file, check_positive
+    from .checkout import checkout_file
     from .fsutil import write_atomic
     from .hub import batch_tokenizer, load_causal_lm, resolve_model
-    from .merger import check_device
-    from .search.config import ASSETS
+    from .engine.disk import check_device
     from .tasks import mgsm
     for flag in ("limit", "batch_size", "max_new_tokens"):
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     check_device(args.device)
     if args.json:
         check_out_file(args.json)
-    data = args.data or str(ASSETS / "data" / "mgsm-ja" / "test.jsonl")
-    if not args.data and not Path(data).exists():
-        raise ValueError(f"no --data given and the miniature world's data is not at {data}")
+    data = args.data or str(checkout_file("assets", "data", "mgsm-ja", "test.jsonl",
+                                          what="no --data given, and the miniature world's MGSM-ja test"))
     quiet_libraries()
     check_model_folder(resolve_model(args.model), args.model)   # a VLM, a broken config.json: named first
     rows = list(mgsm.load_mgsm(data, args.split))[:args.limit]
@@ -186,7 +192,7 @@ def protocol_table(res: dict) -> str:
 
 
 def cmd_merge_recipe(args) -> int:
-    from .merger import run_merge
+    from .engine.disk import run_merge
     from .recipe import load_recipe
     recipe = load_recipe(args.recipe)
     s = run_merge(recipe, args.out, device=args.device, seed=args.seed, force=args.force,

@@ -33,8 +33,8 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .checkpoint import dtype_from_name
-from .merge import get_method
-from .merge.methods import REQUIRED, MergeMethod, Param
+from .kernels import get_method
+from .kernels.methods import REQUIRED, MergeMethod, Param
 
 
 class RecipeError(ValueError):

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import time
 
-from evollm.search.config import ASSETS
+from evollm.registry import Registry
 
-SUITE = {   # task -> (default source, split, default protocol)
+#: task -> (default source: a hub id, a path, or a function returning one; split; default protocol).
+#: Others come through the `evovlm.bench` entry points (the miniature world: world-vqa, world-culture).
+SUITE = Registry("evovlm.bench", "benchmark task", {
     "ja-vg-vqa-500": ("SakanaAI/JA-VG-VQA-500", "test", "official"),
     "ja-vlm-wild": ("SakanaAI/JA-VLM-Bench-In-the-Wild", "test", "official"),
-    "world-vqa": (str(ASSETS / "data" / "ja-vg-vqa-500" / "test.parquet"), "test", "world"),
-    "world-culture": (str(ASSETS / "data" / "ja-vlm-bench-in-the-wild" / "test.parquet"), "test", "world"),
-}
+})
 
 
 def run_bench(models, tasks, data=None, limit=None, device="cpu", batch_size=None, seed=42, log=print,
@@ -31,25 +31,24 @@ def run_bench(models, tasks, data=None, limit=None, device="cpu", batch_size=Non
 
     from evollm.checkpoint import check_model_folder, dtype_from_name
     from evollm.datafiles import check_positive
-    from evollm.generate import generate_answers
     from evollm.hub import naming, resolve_model
-    from evollm.merger import check_device
+    from evollm.engine.disk import check_device
     from evollm.protocols import get as get_protocol
     from evollm.protocols.ja_vqa import score
-    from evollm.world.vlm import load_vlm
+    from .infer import generate_answers, load_vlm
     from .tasks import load_vqa
     unknown = [t for t in tasks if t not in SUITE]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(SUITE)}")
+        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(SUITE.names())}")
     if not tasks:
-        raise ValueError(f"no task given; known: {', '.join(SUITE)}")
+        raise ValueError(f"no task given; known: {', '.join(SUITE.names())}")
     unused = [t for t in (data or {}) if t not in tasks]
     if unused:
         raise ValueError(f"--data names task(s) {unused} that are not among the tasks run ({', '.join(tasks)})")
     check_positive(limit, "--limit")
     check_positive(batch_size, "--batch-size")
     check_device(device)
-    protos = {t: get_protocol("ja-vqa", protocol or SUITE[t][2]) for t in tasks}
+    protos = {t: get_protocol("ja-vqa", protocol or SUITE.get(t)[2]) for t in tasks}
     dtypes = {t: dtype or protos[t].dtype for t in tasks}
     for d in set(dtypes.values()):
         dtype_from_name(d, "--dtype")
@@ -58,8 +57,9 @@ def run_bench(models, tasks, data=None, limit=None, device="cpu", batch_size=Non
         check_model_folder(path, m, kind="vlm")
     rows = {}
     for t in tasks:
-        source, split, _ = SUITE[t]
-        rows[t] = load_vqa((data or {}).get(t, source), split)[:limit]
+        source, split, _ = SUITE.get(t)
+        source = (data or {}).get(t) or (source() if callable(source) else source)
+        rows[t] = load_vqa(source, split)[:limit]
     out = {}
     for m in models:
         out[m], rng, loaded = {}, np.random.RandomState(seed), {}

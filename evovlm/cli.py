@@ -21,15 +21,13 @@ def split_parts(names):
 def cmd_merge(args) -> int:
     if not args.recipe:
         from evollm.cli import cmd_evolve
-        from evollm.search.config import CONFIGS
-        from .search import VlmDfsWorkbench, VlmWorkbench
-        return cmd_evolve(args, CONFIGS / "world-vqa.yaml", {"ps": VlmWorkbench, "dfs": VlmDfsWorkbench}, "evovlm")
+        return cmd_evolve(args, "world-vqa.yaml", "evovlm")
     if args.config or args.resume:
         raise ValueError("--recipe merges once; --config/--resume belong to an evolution run")
     if not args.out:
         raise ValueError("--recipe needs --out (the output folder)")
     from evollm.recipe import load_recipe
-    from .merge import merge_vlm
+    from .export import merge_vlm
     recipe = load_recipe(args.recipe)
     s = merge_vlm(recipe, args.out, device=args.device, seed=args.seed, force=args.force,
                   allow_pickle=args.allow_pickle, shard_bytes=args.shard_size)
@@ -41,7 +39,7 @@ def cmd_merge(args) -> int:
 def cmd_inspect(args) -> int:
     from evollm.checkpoint import Checkpoint
     from evollm.hub import resolve_model
-    from evollm.merger import layer_prefix
+    from evollm.engine.disk import layer_prefix
     ck = Checkpoint(resolve_model(args.model), name=args.model, allow_pickle=args.allow_pickle)
     prefix, n_layers = layer_prefix(ck)
     print(f"{args.model}: {ck.config.get('architectures', ['?'])[0]}, decoder layers {prefix}.* x {n_layers}")

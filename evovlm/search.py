@@ -12,27 +12,26 @@ import torch
 from evollm.checkpoint import Checkpoint
 from evollm.hub import load_causal_lm, resolve_model
 from evollm.search.dfs_space import DfsWorkbench
-from evollm.search.evaluate import Workbench, read_state
+from evollm.search.workbench import PsWorkbench, read_state
 
-from .merge import merge_vlm
+from .export import merge_vlm
+from .infer import load_vlm
 from .model import VOCAB_TENSORS, TowerView, is_vlm, lm_name, text_vocab
 
 
-class VlmWorkbench(Workbench):
+class VlmWorkbench(PsWorkbench):
+    """Parameter space over the VLM's language tower."""
+
     def build(self, cfg: dict, dtype):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-        ckpts = {m["model"]: Checkpoint(resolve_model(m["model"]), name=m["model"]) for m in cfg["models"]}
+        ckpts = {m.model: Checkpoint(resolve_model(m.model), name=m.model) for m in cfg.models}
         vlms = [r for r, c in ckpts.items() if is_vlm(c)]
         if len(vlms) != 1:
             raise ValueError(f"config `models`: evovlm needs exactly one LLaVA-style VLM among the models, found "
                              f"{vlms or 'none'}")
         self.vlm_ref = vlms[0]
-        base = Checkpoint(resolve_model(cfg["base_model"]), name=cfg["base_model"])
+        base = Checkpoint(resolve_model(cfg.base_model), name=cfg.base_model)
         self.rows = text_vocab(base.config)
-        path = resolve_model(self.vlm_ref)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(cfg["device"]).eval()
-        processor = AutoProcessor.from_pretrained(path)
-        processor.tokenizer.padding_side = "left"
+        model, processor = load_vlm(resolve_model(self.vlm_ref), cfg.device, dtype)
         targets = {}
         for k, p in model.named_parameters():
             name = lm_name(k)
@@ -43,9 +42,6 @@ class VlmWorkbench(Workbench):
     def read_source(self, ref: str) -> dict:
         ck = Checkpoint(resolve_model(ref), name=ref)
         return read_state(ref, self.shapes, TowerView(ck, self.rows) if is_vlm(ck) else ck)
-
-    def read_exported(self, path) -> dict:
-        return self.read_source(str(path))
 
     def export(self, recipe, out_dir):
         merge_vlm(recipe, out_dir, device=self.device, seed=self.seed, log=lambda *a: None)
@@ -105,32 +101,25 @@ class VlmDfsWorkbench(DfsWorkbench):
     passthrough = False
 
     def load_models(self, refs, dtype):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-        d = self.cfg["search"]["dfs"]
-        path_a = resolve_model(refs[d["a"]])
+        path_a = resolve_model(refs[self.a])
         if not is_vlm(Checkpoint(path_a)):
-            raise ValueError(f"search.dfs.a: evovlm's DFS takes the VLM as A; {refs[d['a']]} is not one")
-        a = AutoModelForImageTextToText.from_pretrained(path_a, dtype=dtype).to(self.device).eval()
-        b = load_causal_lm(refs[d["b"]], dtype, self.device)
-        processor = AutoProcessor.from_pretrained(path_a)
-        processor.tokenizer.padding_side = "left"
-        return {d["a"]: a, d["b"]: b}, processor, (a.model.language_model.layers, b.model.layers)
+            raise ValueError(f"search.dfs.a: evovlm's DFS takes the VLM as A; {refs[self.a]} is not one")
+        a, processor = load_vlm(path_a, self.device, dtype)
+        b = load_causal_lm(refs[self.b], dtype, self.device)
+        return {self.a: a, self.b: b}, processor, (a.model.language_model.layers, b.model.layers)
 
     def candidate(self, params):
-        d = self.cfg["search"]["dfs"]
-        return build_vlm_dfs(self.models[d["a"]], self.models[d["b"]], self.space.hops_of(params))
+        return build_vlm_dfs(self.models[self.a], self.models[self.b], self.space.hops_of(params))
 
     def save(self, hops, folder):
-        d = self.cfg["search"]["dfs"]
-        save_vlm_dfs(self.models[d["a"]], self.models[d["b"]], hops, folder, self.processor)
+        save_vlm_dfs(self.models[self.a], self.models[self.b], hops, folder, self.processor)
 
     def b_label(self) -> str:
-        return f"{self.cfg['search']['dfs']['b']}'s layers as the language tower"
+        return f"{self.b}'s layers as the language tower"
 
     def b_alone(self):
         """B is a causal LM: as a VLM row, its layers inside A (A's embeddings, head, vision side)."""
-        return self.candidate({"path": [[self.cfg["search"]["dfs"]["b"], i, 1.0] for i in range(self.n_layers)]})
+        return self.candidate({"path": [[self.b, i, 1.0] for i in range(self.n_layers)]})
 
     def load_exported(self, path):
-        from transformers import AutoModelForImageTextToText
-        return AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        return load_vlm(path, self.device, self.dtype)[0]

@@ -18,9 +18,6 @@ from evollm.protocols.ja_vqa import score as rouge_scores
 
 from .data import _load, qa_items
 
-GENERATION = ("max_new_tokens", "repetition_penalty", "num_beams")
-
-
 def load_vqa(source: str, split: str = "test") -> list:
     """[{image, question, answer}] from either benchmark's columns (detected from the data), at least one."""
     return qa_items(*_load(source, split, ("image",), "VQA data"))
@@ -31,20 +28,24 @@ class JaVqa:
     columns = (("rouge_l_raw", "ROUGE-L without the language rule"), ("lang_rate", "Japanese"))
     score_label = "ROUGE-L"
 
-    def __init__(self, cfg: dict, processor):
+    #: the VLM workbenches (evollm.search.workbench): a candidate is the VLM with a merged language tower
+    workbenches = {"ps": "evovlm.search:VlmWorkbench", "dfs": "evovlm.search:VlmDfsWorkbench"}
+
+    def __init__(self, cfg, processor):
+        """`cfg`: the run config's `task` (evollm.search.config.TaskConfig)."""
         self.cfg, self.processor = cfg, processor
-        self.protocol = get_protocol("ja-vqa", cfg["protocol"])
+        self.protocol = get_protocol("ja-vqa", cfg.protocol)
         self.note = ("Score = ROUGE-L F x 100 on MeCab words (the official tokenizer), bootstrap mid value; an answer "
                      "not in Japanese (fastText lid.176 P(ja) < 0.5) scores as empty. Answers asked and generated as "
                      f"the {self.protocol.name} protocol says (evollm.protocols).")
 
-    def rows(self, spec: dict, seed: int) -> list:
-        return seeded_subset(load_vqa(spec["data"], spec["split"]), spec["limit"], seed)
+    def rows(self, spec, seed: int) -> list:
+        return seeded_subset(load_vqa(spec.data, spec.split), spec.limit, seed)
 
     def predict(self, model, rows) -> list:
-        from evollm.generate import generate_answers
+        from evovlm.infer import generate_answers
         return generate_answers(model, self.processor, [r["image"] for r in rows], [r["question"] for r in rows],
-                                self.protocol, batch_size=self.cfg["batch_size"], **{k: self.cfg[k] for k in GENERATION})
+                                self.protocol, batch_size=self.cfg.batch_size, **self.cfg.generation)
 
     def score(self, model, rows) -> dict:
         preds = self.predict(model, rows)

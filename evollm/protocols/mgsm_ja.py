@@ -37,6 +37,9 @@ from typing import Callable
 DATA = {"path": "juletxara/mgsm", "config": "ja", "split": "test"}
 PROMPT_JA = ("以下に、あるタスクを説明する指示があります。リクエストを適切に完了するための回答を日本語で記述してください。"
              "一歩一歩考えましょう。\n\n### 指示:\n{question}\n\n### 応答:")
+#: the English Alpaca prompt, for rows whose `lang` column says "en" (the world's mixed set)
+PROMPT_EN = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+             "the request.\n\n### Instruction:\n{question}\n\n### Response:")
 STOPS = ("Instruction:", "Instruction", "Response:", "Response")
 GENERATION = {"num_beams": 1, "repetition_penalty": 1.0, "max_new_tokens": 1024}   # greedy
 LANG_THRESHOLD = 0.5            # P(ja) must be strictly above it

@@ -1,24 +1,26 @@
-"""A run's configuration (RUN.yaml) as plain data, validated with errors that name the field.
+"""A run's configuration (RUN.yaml): validated with errors that name the field, then held as a frozen,
+typed `RunConfig`.
 
 Relative paths in a config are read relative to the config file's folder; hub ids stay as given.
-`resolved()` is what a run folder stores as `config.yaml` and what `--resume` compares against.
+`RunConfig.to_dict()` (every default filled in, paths absolute) is what a run folder stores as
+`config.yaml` and what `--resume` compares against.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Tuple
 
 import yaml
 
-from ..merge.methods import METHODS
+from ..kernels.methods import METHODS
 from ..tasks import TASKS
 from .optimizer import OPTIMIZERS
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_CONFIG = CONFIGS / "world-ja-math.yaml"
 
 
 class ConfigError(ValueError):
@@ -43,7 +45,7 @@ DEFAULTS: dict = {
                    "density": {"low": 0.0, "high": 1.0, "init": 0.5}},
         "layer_groups": 1,
         "init_from": None,          # a recipe (e.g. an earlier run's best/recipe.yaml) as the initial point
-        "dfs": {                    # space: dfs (DESIGN.md 4): A and B by model name
+        "dfs": {                    # space: dfs (docs/design.md): A and B by model name
             "a": None, "b": None, "repeats": 3, "layout": "model-major", "scales": "matrix",
             "scale": {"low": 0.5, "high": 1.5, "init": 1.0},
         },
@@ -122,8 +124,130 @@ def _path(ref, base: Path):
     return str(ref)
 
 
-def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")) -> dict:
-    """Fill defaults, check every field, and make local paths absolute. Returns the resolved config."""
+@dataclass(frozen=True)
+class Bounds:
+    low: float
+    high: float
+    init: float
+
+
+@dataclass(frozen=True)
+class DfsConfig:
+    a: Optional[str]
+    b: Optional[str]
+    repeats: int
+    layout: str
+    scales: str
+    scale: Bounds
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str
+    method: str
+    fixed: Mapping[str, Any]            # read-only views
+    params: Mapping[str, Bounds]
+    layer_groups: int
+    init_from: Optional[str]
+    dfs: DfsConfig
+    optimizer: str
+    sigma: float
+    popsize: int
+    budget: int
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    data: str
+    split: str
+    config: Optional[str]
+    limit: Optional[int]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    fitness: DataSpec
+    test: DataSpec
+    protocol: str
+    max_new_tokens: int
+    repetition_penalty: float
+    num_beams: int
+    batch_size: int
+
+    @property
+    def generation(self) -> dict:
+        """The generation settings a task passes on (over the protocol's)."""
+        return {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty,
+                "num_beams": self.num_beams}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    model: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    baselines: bool
+    sources: bool
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run config; derive variants with `dataclasses.replace` (see `RunConfig.phase`)."""
+    name: str
+    seed: int
+    device: str
+    base_model: str
+    models: Tuple[ModelRef, ...]
+    tokenizer: str
+    dtype: str
+    out_dtype: str
+    search: SearchConfig
+    task: TaskConfig
+    report: ReportConfig
+
+    @property
+    def refs(self) -> dict:
+        """model name -> model ref"""
+        return {m.name: m.model for m in self.models}
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """From a dict `parse_config` has validated (every field present)."""
+        s, t = d["search"], d["task"]
+        return cls(
+            name=d["name"], seed=d["seed"], device=d["device"], base_model=d["base_model"],
+            models=tuple(ModelRef(**m) for m in d["models"]), tokenizer=d["tokenizer"], dtype=d["dtype"],
+            out_dtype=d["out_dtype"],
+            search=SearchConfig(**{**s, "fixed": MappingProxyType(dict(s["fixed"])),
+                                   "params": MappingProxyType({k: Bounds(**b) for k, b in s["params"].items()}),
+                                   "dfs": DfsConfig(**{**s["dfs"], "scale": Bounds(**s["dfs"]["scale"])})}),
+            task=TaskConfig(**{**t, "fitness": DataSpec(**t["fitness"]), "test": DataSpec(**t["test"])}),
+            report=ReportConfig(**d["report"]))
+
+    def phase(self, space: str, name: str, **search) -> "RunConfig":
+        """This config as one phase of a PS+DFS run: another space and name (and search fields)."""
+        return dataclasses.replace(self, name=name, search=dataclasses.replace(self.search, space=space, **search))
+
+
+def _plain(x):
+    if dataclasses.is_dataclass(x):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, (dict, MappingProxyType)):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")) -> RunConfig:
+    """Fill defaults, check every field, and make local paths absolute."""
     if data is None:
         data = {}
     data = _legacy(data, origin)
@@ -230,7 +354,7 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
 
     t = cfg["task"]
     if t["name"] not in TASKS:
-        err("task.name", f"must be one of {list(TASKS)}, got {t['name']!r}")
+        err("task.name", f"must be one of {TASKS.names()}, got {t['name']!r}")
     for split in ("fitness", "test"):
         d = t[split]
         if not d["data"]:
@@ -239,7 +363,7 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
         if d["limit"] is not None:
             num(f"task.{split}.limit", d["limit"], 1, integer=True)
     from .. import protocols
-    known = list(protocols.PROTOCOLS[t["name"]])
+    known = protocols.names(t["name"])
     if t["protocol"] is not None and t["protocol"] not in known:
         err("task.protocol", f"must be one of {known} for task {t['name']}, got {t['protocol']!r}")
     proto = protocols.get(t["name"], t["protocol"])
@@ -255,15 +379,15 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
             err(f"report.{k}", f"must be true or false, got {v!r}")
     if cfg["name"] is None:
         cfg["name"] = Path(origin).stem if origin != "<config>" else "run"
-    return cfg
+    return RunConfig.from_dict(cfg)
 
 
-def load_config(path=None) -> dict:
-    """Read RUN.yaml (the miniature world's default experiment when `path` is None)."""
+def load_config(path) -> RunConfig:
+    """Read RUN.yaml."""
     from ..recipe import read_yaml
-    path = Path(path) if path else DEFAULT_CONFIG
+    path = Path(path)
     return parse_config(read_yaml(path, "config", ConfigError), str(path), path.resolve().parent)
 
 
-def dump_config(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

@@ -14,8 +14,7 @@ import yaml
 
 from ..dfs import Hop, build_dfs_model, path_from, save_dfs, slots
 from ..hub import batch_tokenizer, load_causal_lm
-from ..merger import check_device
-from .evaluate import Workbench
+from .workbench import Workbench
 
 
 class DfsSpace:
@@ -85,44 +84,33 @@ class DfsSpace:
 
 
 class DfsWorkbench(Workbench):
-    """Two sources held as models; a candidate is a DFS model sharing their layers (built per
-    candidate in microseconds; no weights are copied)."""
+    """Data-flow space: two sources held as models; a candidate is a DFS model sharing their layers
+    (built per candidate in microseconds; no weights are copied)."""
     passthrough = True          # also write a mergekit passthrough recipe where it can express the path
 
-    def __init__(self, cfg: dict):
-        from ..checkpoint import dtype_from_name
-        from ..tasks import task_class
-        check_device(cfg["device"], "config `device`")
-        self.cfg, self.device, self.seed = cfg, cfg["device"], cfg["seed"]
-        d = cfg["search"]["dfs"]
-        refs = {m["name"]: m["model"] for m in cfg["models"]}
-        self.dtype = dtype_from_name(cfg["dtype"], "dtype")
-        self.models, self.processor, (layers_a, layers_b) = self.load_models(refs, self.dtype)
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        d = cfg.search.dfs
+        self.a, self.b = d.a, d.b
+        self.models, processor, (layers_a, layers_b) = self.load_models(cfg.refs, self.dtype)
         if len(layers_a) != len(layers_b):
-            raise ValueError(f"search.dfs: models {d['a']} and {d['b']} have {len(layers_a)} and {len(layers_b)} "
+            raise ValueError(f"search.dfs: models {d.a} and {d.b} have {len(layers_a)} and {len(layers_b)} "
                              "layers; DFS needs equal depth")
         self.n_layers = len(layers_a)
-        self.task = task_class(cfg["task"]["name"])(cfg["task"], self.processor)
-        self.space = None
+        self.open_task(processor)
+        self.space = DfsSpace(d.a, d.b, cfg.refs, self.n_layers, d.repeats, d.layout, vars(d.scale), d.scales)
 
     def load_models(self, refs: dict, dtype):
         """(name -> model for A and B, A's tokenizer or processor, (A's layers, B's layers))."""
-        d = self.cfg["search"]["dfs"]
-        models = {n: load_causal_lm(refs[n], dtype, self.device) for n in (d["a"], d["b"])}
-        tok = batch_tokenizer(refs[d["a"]])
-        return models, tok, (models[d["a"]].model.layers, models[d["b"]].model.layers)
-
-    def make_space(self):
-        d = self.cfg["search"]["dfs"]
-        refs = {m["name"]: m["model"] for m in self.cfg["models"]}
-        self.space = DfsSpace(d["a"], d["b"], refs, self.n_layers, d["repeats"], d["layout"], d["scale"], d["scales"])
-        return self.space
+        models = {n: load_causal_lm(refs[n], dtype, self.device) for n in (self.a, self.b)}
+        tok = batch_tokenizer(refs[self.a])
+        return models, tok, (models[self.a].model.layers, models[self.b].model.layers)
 
     def candidate(self, params: dict):
-        d = self.cfg["search"]["dfs"]
-        return build_dfs_model(self.models[d["a"]], self.models[d["b"]], self.space.hops_of(params))
+        return build_dfs_model(self.models[self.a], self.models[self.b], self.space.hops_of(params))
 
-    def export_best(self, space, best: dict, folder):
+    def export_best(self, best: dict, folder):
+        space = self.space
         (folder / "recipe.yaml").write_text(space.recipe_yaml(best["parameters"]))
         mk = space.passthrough_yaml(best["parameters"]) if self.passthrough else None
         if mk is not None:
@@ -130,28 +118,26 @@ class DfsWorkbench(Workbench):
         self.save(space.hops_of(best["parameters"]), folder / "model")
 
     def save(self, hops, folder):
-        d = self.cfg["search"]["dfs"]
-        save_dfs(self.models[d["a"]], self.models[d["b"]], hops, folder, tokenizer=self.processor)
+        save_dfs(self.models[self.a], self.models[self.b], hops, folder, tokenizer=self.processor)
 
     def b_label(self) -> str:
-        return self.cfg["search"]["dfs"]["b"]
+        return self.b
 
     def b_alone(self):
-        return self.models[self.cfg["search"]["dfs"]["b"]]
+        return self.models[self.b]
 
     def load_exported(self, path):
         from transformers import AutoModelForCausalLM
         return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
 
-    def reference_models(self, space) -> dict:
-        d = self.cfg["search"]["dfs"]
+    def reference_models(self) -> dict:
         models = {}
-        if self.cfg["report"]["sources"]:
-            models[d["a"]] = lambda: self.models[d["a"]]
+        if self.cfg.report.sources:
+            models[self.a] = lambda: self.models[self.a]
             models[self.b_label()] = self.b_alone
-        if self.cfg["report"]["baselines"]:
+        if self.cfg.report.baselines:
             L = self.n_layers
-            stack = [[d["a"], i, 1.0] for i in range(L)] + [[d["b"], i, 1.0] for i in range(L)]
+            stack = [[self.a, i, 1.0] for i in range(L)] + [[self.b, i, 1.0] for i in range(L)]
             models["A's layers then B's, unscaled (a frankenmerge)"] = lambda: self.candidate({"path": stack})
-            models["DFS at the initial point"] = lambda: self.candidate(space.decode(space.initial()))
+            models["DFS at the initial point"] = lambda: self.candidate(self.space.decode(self.space.initial()))
         return models

@@ -90,33 +90,33 @@ def plot_path(path, a: str, b: str, path_png: Path):
     save_png(fig, path_png)
 
 
-def describe_search(s: dict, space) -> str:
-    if s["space"] == "dfs":
-        d = s["dfs"]
-        return (f"the data-flow space of A = {d['a']} and B = {d['b']} ({space.dim} genes: {space.T} slot indicators, layout "
-                f"{d['layout']}, {d['repeats']} repeat(s), and {space.n_scale} scaling genes ({d['scales']}) in "
-                f"[{d['scale']['low']}, {d['scale']['high']}])")
-    groups = f" and layer group ({s['layer_groups']} groups)" if s["layer_groups"] > 1 else ""
-    return f"{s['method']} ({space.dim} genes: {', '.join(s['params'])} per model{groups})"
+def describe_search(s, space) -> str:
+    if s.space == "dfs":
+        d = s.dfs
+        return (f"the data-flow space of A = {d.a} and B = {d.b} ({space.dim} genes: {space.T} slot indicators, layout "
+                f"{d.layout}, {d.repeats} repeat(s), and {space.n_scale} scaling genes ({d.scales}) in "
+                f"[{d.scale.low}, {d.scale.high}])")
+    groups = f" and layer group ({s.layer_groups} groups)" if s.layer_groups > 1 else ""
+    return f"{s.method} ({space.dim} genes: {', '.join(s.params)} per model{groups})"
 
 
-def write_report(out: Path, cfg: dict, data: dict, space, task) -> None:
+def write_report(out: Path, cfg, data: dict, space, task) -> None:
     plot(data["history"], out / "fitness.png", f"fitness ({task.score_label})")
-    best, tm, s = data["best"], data["timing"], cfg["search"]
+    best, tm, s = data["best"], data["timing"], cfg.search
     recipe = (out / "best" / "recipe.yaml").read_text()
     arch = []
-    if s["space"] == "dfs":
+    if s.space == "dfs":
         path = best["parameters"]["path"]
-        plot_path(path, s["dfs"]["a"], s["dfs"]["b"], out / "path.png")
+        plot_path(path, s.dfs.a, s.dfs.b, out / "path.png")
         arch = ["The evolved architecture (hop: model, layer, input scale):", "",
                 "| hop | model | layer | scale |", "|---:|---|---:|---:|",
                 *[f"| {k} | {m} | {i} | {sc:.3f} |" for k, (m, i, sc) in enumerate(path)], "",
                 "![the evolved path](path.png)", ""]
-    md = [f"# Run `{cfg['name']}`", "",
-          f"Machine: {machine()}. Device: {cfg['device']}.", "",
-          f"Search: {s['optimizer']} over {describe_search(s, space)}, "
-          f"population {s['popsize']}, sigma {s['sigma']:.3g}, {tm.get('candidates', 0)} candidates "
-          f"({data['failures']['failed']} failed), seed {cfg['seed']}; fitness on {data['fitness_items']} items, "
+    md = [f"# Run `{cfg.name}`", "",
+          f"Machine: {machine()}. Device: {cfg.device}.", "",
+          f"Search: {s.optimizer} over {describe_search(s, space)}, "
+          f"population {s.popsize}, sigma {s.sigma:.3g}, {tm.get('candidates', 0)} candidates "
+          f"({data['failures']['failed']} failed), seed {cfg.seed}; fitness on {data['fitness_items']} items, "
           f"test on {data['test_items']} held-out items. Best candidate: #{best['index']} "
           f"(generation {best['generation']}).", "", *failure_block(data),
           task.note, "",
@@ -162,14 +162,14 @@ def failure_block(data: dict) -> list:
     return ["**" + lines[0] + "**", "", *lines[1:], ""] if lines else []
 
 
-def write_ps_dfs_report(out: Path, cfg: dict, ps: dict, dfs: dict) -> None:
+def write_ps_dfs_report(out: Path, cfg, ps: dict, dfs: dict) -> None:
     """PS+DFS: the PS phase's table with the PS+DFS model added, then links to both phases' reports."""
     rows = dict(ps["rows"])
     rows["evolved PS+DFS (dfs/best/model)"] = dfs["rows"]["evolved (best/model)"]
     data = {**ps, "rows": rows, "failures": merge_failures(ps["failures"], dfs["failures"])}
-    md = [f"# Run `{cfg['name']}` (PS+DFS)", "", f"Machine: {machine()}. Device: {cfg['device']}.", "",
+    md = [f"# Run `{cfg.name}` (PS+DFS)", "", f"Machine: {machine()}. Device: {cfg.device}.", "",
           f"Phase 1, parameter space: [ps/report.md](ps/report.md). Phase 2, data-flow space over A = the PS-merged "
-          f"model and B = {cfg['search']['dfs']['b']}: [dfs/report.md](dfs/report.md).", "",
+          f"model and B = {cfg.search.dfs.b}: [dfs/report.md](dfs/report.md).", "",
           *failure_block(data), table(data), "", "![the evolved path](dfs/path.png)", ""]
     write_atomic(out / "report.md", "\n".join(md))
     write_atomic(out / "report.json", json.dumps({"ps": ps, "dfs": dfs}, indent=1, ensure_ascii=False))

@@ -30,6 +30,14 @@ class ParamSpace:
         # group of each layer: G contiguous groups, as even as possible
         self.layer_group = [min(i * layer_groups // n_layers, layer_groups - 1) for i in range(n_layers)]
 
+    @classmethod
+    def of(cls, cfg, n_layers: int) -> "ParamSpace":
+        """The space a run config (`RunConfig`) searches over models of `n_layers` decoder layers."""
+        s = cfg.search
+        return cls([m.name for m in cfg.models], cfg.refs, cfg.base_model, s.method,
+                   {k: vars(b) for k, b in s.params.items()}, dict(s.fixed), s.layer_groups, n_layers,
+                   dtype="float32", out_dtype=cfg.out_dtype)
+
     @property
     def dim(self) -> int:
         return len(self.params) * len(self.names) * self.groups

@@ -1,10 +1,11 @@
 """Fitness/benchmark tasks. A task turns a config's data specs into rows and scores a model on rows
-(higher is better); see `mgsm.JaMath` for the interface. Registered by name, imported on use."""
+(higher is better); see `mgsm.JaMath` for the interface. The core holds `ja-math`; front ends add
+theirs through the `evollm.tasks` entry points (evovlm: `ja-vqa`)."""
 
-TASKS = {"ja-math": "evollm.tasks.mgsm:JaMath", "ja-vqa": "evovlm.tasks:JaVqa"}
+from ..registry import Registry
+
+TASKS = Registry("evollm.tasks", "task", {"ja-math": "evollm.tasks.mgsm:JaMath"})
 
 
 def task_class(name: str):
-    import importlib
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return TASKS.get(name)

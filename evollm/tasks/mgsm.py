@@ -12,8 +12,7 @@ from pathlib import Path
 
 from ..datafiles import load_data_file, load_hub_dataset, nonempty, read_text, seeded_subset
 from ..hub import is_hub_id
-from ..protocols.mgsm_ja import PROMPT_JA
-from ..world.formats import alpaca_en
+from ..protocols.mgsm_ja import PROMPT_EN, PROMPT_JA
 
 REQUIRED_COLUMNS = ("question", "answer_number")
 
@@ -102,8 +101,8 @@ def score(output: str, answer_number, lang: str = "ja", protocol_name="improved"
 
 
 def prompts(rows, prompt: str = PROMPT_JA) -> list[str]:
-    """The MGSM-ja prompt (the world's English Alpaca prompt for rows whose `lang` column says 'en')."""
-    return [alpaca_en(r["question"]) if r.get("lang", "ja") == "en" else prompt.format(question=r["question"])
+    """The MGSM-ja prompt (the English Alpaca prompt for rows whose `lang` column says 'en')."""
+    return [(PROMPT_EN if r.get("lang", "ja") == "en" else prompt).format(question=r["question"])
             for r in rows]
 
 
@@ -178,18 +177,19 @@ class JaMath:
     columns = (("number_correct", "number right"), ("lang_rate", "Japanese"))
     score_label = "accuracy (%)"
 
-    def __init__(self, cfg: dict, tokenizer):
+    def __init__(self, cfg, tokenizer):
+        """`cfg`: the run config's `task` (evollm.search.config.TaskConfig)."""
         self.cfg, self.tokenizer = cfg, tokenizer
         self.note = (f"Accuracy = last number right AND the answer in Japanese (fastText lid.176, P(ja) > 0.5), "
-                     f"under the {protocol(cfg['protocol']).name} MGSM-ja protocol (evollm.protocols.mgsm_ja).")
+                     f"under the {protocol(cfg.protocol).name} MGSM-ja protocol (evollm.protocols.mgsm_ja).")
 
-    def rows(self, spec: dict, seed: int) -> list:
-        return load_rows(spec["data"], spec["split"], spec["config"], spec["limit"], seed)
+    def rows(self, spec, seed: int) -> list:
+        """The rows of a data spec (`DataSpec`: data, split, config, limit)."""
+        return load_rows(spec.data, spec.split, spec.config, spec.limit, seed)
 
     def score(self, model, rows) -> dict:
         c = self.cfg
-        r = evaluate(model, self.tokenizer, rows, protocol_name=c["protocol"], batch_size=c["batch_size"],
-                     **{k: c[k] for k in ("max_new_tokens", "repetition_penalty", "num_beams")})
+        r = evaluate(model, self.tokenizer, rows, protocol_name=c.protocol, batch_size=c.batch_size, **c.generation)
         return {"score": r["accuracy"], "number_correct": r["number_correct"], "lang_rate": r["lang_rate"],
                 "examples": [i["output"] for i in r["items"][:2]]}
 

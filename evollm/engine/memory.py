@@ -10,10 +10,10 @@ from typing import Dict, Mapping
 
 import torch
 
-from .merge.methods import get_method
-from .merge.rng import tensor_generator
-from .merger import MergeError, decoder_layers, layer_position
-from .recipe import resolve
+from ..kernels.methods import get_method
+from ..kernels.rng import tensor_generator
+from .disk import MergeError, decoder_layers, layer_position
+from ..recipe import resolve
 
 
 def resolve_params(method_name: str, global_params: Mapping, per_model: Mapping[str, Mapping], names,

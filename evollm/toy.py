@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from .merger import run_merge
+from .engine.disk import run_merge
 from .recipe import parse_recipe
 
 BOS, COPY, DEC, SEP, SHIFT, ROTATE = 1, 3, 4, 5, 6, 7
@@ -101,7 +101,7 @@ def recipes(p: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evollm.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m evollm.toy", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", help="keep the models and merges here (default: a temporary folder)")
     args = ap.parse_args(argv)

@@ -1,7 +1,8 @@
 """Measure the world: sources, baselines, untuned merges and a searched merge on the held-out tests.
 
-`python -m evollm.world.report --world assets` prints the table that assets/README.md records.
-The search (CMA-ES over DARE-TIES weights and densities) reads the fitness split only.
+`python -m miniworld.report --world assets` prints the table that assets/README.md records.
+The search (CMA-ES over DARE-TIES weights and densities) is an ordinary run (`evollm.search.run`, in a
+temporary folder) and reads the fitness split only.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..inmemory import InMemoryMerger
-from ..search.evaluate import untuned
-from ..tasks import mgsm
+from evollm.engine.memory import InMemoryMerger
+from evollm.search.workbench import untuned
+from evollm.tasks import mgsm
 
 SOURCES = ("ja", "math-a", "math-b")
 
@@ -47,7 +48,7 @@ def task_vector_stats(sd: dict, names=SOURCES) -> dict:
 def recorded_recipes(world: Path, target: str) -> dict:
     """Merges recorded in `world/recipes/<target>-*.yaml` (recipes `evollm merge` exports), as
     label -> (method, global parameters, per-source parameters keyed by source name)."""
-    from ..recipe import load_recipe
+    from evollm.recipe import load_recipe
     out = {}
     for path in sorted((world / "recipes").glob(f"{target}-*.yaml")):
         r = load_recipe(path)
@@ -74,8 +75,6 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
     tok, sd, model = load_world(world, device)
     fit = read_rows(world / "data" / target / "fitness.jsonl")
     test = read_rows(world / "data" / target / "test.jsonl")
-    rng = np.random.RandomState(seed)
-    fit_sub = [fit[i] for i in sorted(rng.choice(len(fit), min(fitness_items, len(fit)), replace=False))]
     res = {"target": target, "rows": {}, "baselines": mgsm.answer_baselines(fit, test), "examples": {},
            "task_vectors": task_vector_stats(sd)}
     log(f"task vectors: {res['task_vectors']}")
@@ -94,51 +93,47 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
     for label, (method, g, per) in recorded_recipes(world, target).items():
         record(label, merger.merge(method, g, per, seed=seed))
 
-    def fitness(per, n):
-        model = merger.merge("dare_ties", {"normalize": False}, per, seed=seed, candidate=n)
-        return mgsm.evaluate(model, tok, fit_sub, max_new_tokens=64, batch_size=128)["accuracy"]
-
     t0 = time.time()
-    acc, per = cma_search(fitness, list(SOURCES), budget=budget, seed=seed, layer_groups=layer_groups,
-                          n_layers=merger.n_layers, weight_max=weight_max, log=log)
+    acc, per = searched(world, [f"models/{n}" for n in SOURCES], "ja-math", {
+        "fitness": {"data": str(world / "data" / target / "fitness.jsonl"), "limit": fitness_items},
+        "test": {"data": str(world / "data" / target / "test.jsonl")},
+        "protocol": "improved", "max_new_tokens": 64, "batch_size": 128},
+        budget=budget, seed=seed, device=device, layer_groups=layer_groups, weight_max=weight_max, log=log)
     res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_accuracy": acc,
-                     "layer_groups": layer_groups, "weight_max": weight_max, "budget": budget, "fitness_items": len(fit_sub), "seconds": round(time.time() - t0)}
+                     "layer_groups": layer_groups, "weight_max": weight_max, "budget": budget,
+                     "fitness_items": min(fitness_items, len(fit)), "seconds": round(time.time() - t0)}
     record("searched DARE-TIES", merger.merge("dare_ties", {"normalize": False}, per, seed=seed))
     return res
 
 
-def cma_search(evaluate_fn, names, *, budget, popsize=8, seed=0, layer_groups=1, n_layers=1, weight_max=1.0,
-               log=print):
-    """The core's CMA-ES and parameter space (initial point the box centre, sigma 1/6, as the paper)
-    over DARE-TIES weight in [0, weight_max] and density in [0.05, 1] per model (and per layer group);
-    maximises `evaluate_fn(per_model_params, candidate_index)`. Returns (best score, params)."""
-    from ..search.optimizer import CMA
-    from ..search.space import ParamSpace
-    sp = ParamSpace(names, {n: n for n in names}, "base", "dare_ties",
-                    {"weight": {"low": 0.0, "high": weight_max, "init": weight_max / 2},
-                     "density": {"low": 0.05, "high": 1.0, "init": 0.525}}, {}, layer_groups, n_layers)
-    opt = CMA(sp.initial(), 1 / 6, popsize, seed)
-    best, n = (-1.0, None), 0
-    while n < budget:
-        xs = opt.ask()[:budget - n]
-        scores = []
-        for x in xs:
-            per = sp.per_model(x)
-            scores.append(evaluate_fn(per, n))
-            if scores[-1] > best[0]:
-                best = (scores[-1], per)
-            n += 1
-        if len(xs) == popsize:
-            opt.tell(xs, scores)
-        log(f"  search {n}/{budget}: generation best {max(scores):.1f}, overall best {best[0]:.1f}")
-    return best
+def searched(world: Path, sources, task: str, task_cfg: dict, *, budget, seed=0, device="cpu", layer_groups=1,
+             weight_max=1.0, popsize=8, log=print):
+    """A CMA-ES search over DARE-TIES (normalize off) weight in [0, weight_max] and density in [0.05, 1]
+    per source (and per layer group), run as any run is (`evollm.search.run`, in a temporary run
+    folder: the same loop, the same pinned DARE masks as the export). Returns (best fitness, its
+    per-source parameters keyed by source name)."""
+    import tempfile
+
+    from evollm.search.config import parse_config
+    from evollm.search.run import run as run_search
+    cfg = parse_config({
+        "name": f"world-{task}", "seed": seed, "device": device, "base_model": str(world / "models" / "base"),
+        "models": [str(world / s) for s in sources], "out_dtype": "float32",
+        "search": {"method": "dare_ties", "fixed": {"normalize": False}, "layer_groups": layer_groups,
+                   "params": {"weight": {"low": 0.0, "high": weight_max, "init": weight_max / 2},
+                              "density": {"low": 0.05, "high": 1.0, "init": 0.525}},
+                   "sigma": 1 / 6, "popsize": popsize, "budget": budget},
+        "task": {"name": task, **task_cfg}, "report": {"sources": False, "baselines": False}}, "world report")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = run_search(cfg, Path(tmp) / "run", progress=False, log=log)
+    return data["best"]["score"], data["best"]["parameters"]
 
 
 def _vqa_merger(world: Path, device: str, vlm_dir=None):
     """(vlm, processor, merger): an in-memory merger over the VLM's language tower, base and ja."""
     from safetensors.torch import load_file
     from evovlm.model import LanguageTower
-    from .vlm import load_vlm
+    from evovlm.infer import load_vlm
     vlm, proc = load_vlm(vlm_dir or world / "models" / "vlm-en", device)
     tower = LanguageTower(vlm)
     base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in ("base", "ja"))
@@ -205,7 +200,6 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     vlm, proc, merger = _vqa_merger(world, device)
     data = world / "data"
     fit = load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "train.parquet"))
-    fit = fit.select(range(min(fitness_items, len(fit))))
     tests = {"JA-VG-VQA (world) test": load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "test.parquet")),
              "In-the-Wild (world)": load_in_the_wild(str(data / "ja-vlm-bench-in-the-wild" / "test.parquet"))}
     res = {"rows": {}, "examples": {}}
@@ -223,7 +217,7 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     # (task vectors: vlm-en 0, ja 1), which answers in Japanese without the VLM's training
     from collections import Counter
     from evovlm.data import qa_items
-    from ..protocols import ja_vqa
+    from evollm.protocols import ja_vqa
     const = Counter(x["answer"] for x in qa_items(fit)).most_common(1)[0][0]
     res["rows"]["constant answer"] = {
         t: round(ja_vqa.score([const] * len(ds), [x["answer"] for x in qa_items(ds)], seed)["rougeL_ja"], 1)
@@ -236,15 +230,14 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
         merger.merge(method, g, per, seed=seed)
         record(label)
 
-    def fitness(per, n):
-        merger.merge("dare_ties", {"normalize": False}, per, seed=seed, candidate=n)
-        return evaluate_vqa(vlm, proc, fit, seed=seed)["rouge_l"]
-
     t0 = time.time()
-    score, per = cma_search(fitness, ["vlm-en", "ja"], budget=budget, seed=seed, weight_max=weight_max, log=log)
+    score, per = searched(world, ["models/vlm-en", "models/ja"], "ja-vqa", {
+        "fitness": {"data": str(data / "ja-vg-vqa-500" / "train.parquet"), "limit": fitness_items},
+        "test": {"data": str(data / "ja-vg-vqa-500" / "test.parquet")}, "protocol": "world"},
+        budget=budget, seed=seed, device=device, weight_max=weight_max, log=log)
     res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_rouge_l": round(score, 1),
                      "weight_max": weight_max,
-                     "budget": budget, "fitness_items": len(fit), "seconds": round(time.time() - t0)}
+                     "budget": budget, "fitness_items": min(fitness_items, len(fit)), "seconds": round(time.time() - t0)}
     merger.merge("dare_ties", {"normalize": False}, per, seed=seed)
     record("searched DARE-TIES")
     return res
@@ -271,7 +264,7 @@ def quiet_progress():
 
 def main(argv=None):
     quiet_progress()
-    ap = argparse.ArgumentParser(prog="python -m evollm.world.report")
+    ap = argparse.ArgumentParser(prog="python -m miniworld.report")
     ap.add_argument("--world", default="assets")
     ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa", "mgsm-grid", "vqa-grid"],
                     help="a test table with a search, or a task-arithmetic grid probe (*-grid)")

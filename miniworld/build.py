@@ -1,4 +1,4 @@
-"""Regenerate the miniature world: `python -m evollm.world.build --out assets [--device cuda]`.
+"""Regenerate the miniature world: `python -m miniworld.build --out assets [--device cuda]`.
 
 Stages run in order and each writes its own folder atomically, so a stage can be re-run alone
 (`--stages finetune`) after changing its recipe. The same seed reproduces the same files.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import AtomicFolder
+from evollm.checkpoint import AtomicFolder
 from . import corpus
 from .tokenizer import train_tokenizer
 
@@ -32,7 +32,7 @@ RECIPE = {
     "math-a": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.5},
     "math-b": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.4},
     "data": {"mgsm_fitness": 600, "mgsm_test": 250, "mixed_fitness": 400, "mixed_test": 250},
-    "vlm": {},          # evollm.world.vlm.train_vlm / vqa_data.build_vqa_data defaults
+    "vlm": {},          # miniworld.vlm.train_vlm / vqa_data.build_vqa_data defaults
 }
 
 
@@ -119,12 +119,9 @@ def stage_finetune(out: Path, seed: int, device: str, rc: dict, only=None):
 
 
 def _write_jsonl(path: Path, rows):
+    from evollm.fsutil import write_atomic
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def stage_data(out: Path, seed: int, device: str, rc: dict):
@@ -160,7 +157,7 @@ def build(out, seed: int = RECIPE["seed"], device: str = "cpu", stages=STAGES, o
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m evollm.world.build", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m miniworld.build", description=__doc__)
     ap.add_argument("--out", default="assets")
     ap.add_argument("--seed", type=int, default=RECIPE["seed"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..generate import cache_keyword
+from evollm.generate import cache_keyword
 from . import scenes as S
 from .formats import IMAGE_TOKEN, SYSTEM_EN, SYSTEM_JA, chat
 
@@ -487,13 +487,6 @@ def save_vlm(model, processor, out_dir, report: dict | None = None) -> Path:
     return Path(out_dir)
 
 
-def load_vlm(model_dir, device: str = "cpu", dtype=torch.float32):
-    """(model, processor) from a saved VLM folder, the model in `dtype` on `device`."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    return model, AutoProcessor.from_pretrained(model_dir)
-
-
 # --------------------------------------------------------------------------- evaluation
 
 def evaluate_vqa(model_or_dir, processor, dataset, max_new_tokens: int = 64, batch_size: int = 16,
@@ -505,8 +498,8 @@ def evaluate_vqa(model_or_dir, processor, dataset, max_new_tokens: int = 64, bat
 
     from evovlm.data import qa_items
 
-    from ..generate import generate_answers
-    from ..protocols import ja_vqa
+    from evovlm.infer import generate_answers, load_vlm
+    from evollm.protocols import ja_vqa
     from .formats import WORLD_VQA
     if isinstance(model_or_dir, (str, Path)):
         model, loaded = load_vlm(model_or_dir, device)

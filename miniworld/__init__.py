@@ -1,4 +1,4 @@
 """The miniature world: a seeded bilingual domain, its tokenizer, tiny source models and data sets.
 
-`python -m evollm.world.build --out assets` regenerates everything in `assets/` (see assets/README.md).
+`python -m miniworld.build --out assets` regenerates everything in `assets/` (see assets/README.md).
 """

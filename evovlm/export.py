@@ -16,7 +16,7 @@ import time
 import torch
 
 from evollm.checkpoint import TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter, copy_files
-from evollm.merger import MergeError, check_device, merge_tensor, open_models, plan_merge
+from evollm.engine.disk import MergeError, check_device, merge_tensor, open_models, plan_merge
 from evollm.recipe import Recipe
 
 from .model import VOCAB_TENSORS, TowerView, is_vlm, text_vocab

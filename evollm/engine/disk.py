@@ -18,12 +18,12 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .checkpoint import (TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter,
+from ..checkpoint import (TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter,
                          copy_files, dtype_from_name, vlm_architecture)
-from .hub import resolve_model
-from .merge import tensor_generator
-from .merge.methods import MergeMethod
-from .recipe import Recipe, Source, resolve
+from ..hub import resolve_model
+from ..kernels import tensor_generator
+from ..kernels.methods import MergeMethod
+from ..recipe import Recipe, Source, resolve
 
 LAYER_RE = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 #: config keys that must agree between the sources of a parameter-space merge

@@ -5,11 +5,9 @@ Japanese system message of the official EvoVLM-JP evaluation, without its `<<SYS
 VLMs were trained on this format; `evollm.protocols.ja_vqa.OFFICIAL` asks with the wrapper).
 """
 
-from ..protocols.ja_vqa import SYSTEM as SYSTEM_JA, VqaProtocol
-from ..protocols.mgsm_ja import PROMPT_JA as ALPACA_JA
+from evollm.protocols.ja_vqa import SYSTEM as SYSTEM_JA, VqaProtocol
+from evollm.protocols.mgsm_ja import PROMPT_EN as ALPACA_EN, PROMPT_JA as ALPACA_JA
 
-ALPACA_EN = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-             "the request.\n\n### Instruction:\n{question}\n\n### Response:")
 SYSTEM_EN = "You are a helpful assistant. Answer the question about the given image."
 #: Mistral chat turn; `{image}` is "<image>\n" for VLM prompts and "" for text-only turns
 CHAT = "[INST] {system}\n{image}{question} [/INST]"
@@ -32,3 +30,13 @@ def chat(question: str, system: str = SYSTEM_JA, image: bool = False) -> str:
 WORLD_VQA = VqaProtocol("world", lambda q: chat(q, SYSTEM_JA, image=True),
                         generation={"num_beams": 1, "repetition_penalty": 1.0, "max_new_tokens": 64},
                         dtype="float32", batch_size=16)
+
+
+def _world_data(*parts):
+    from evollm.checkout import checkout_file
+    return lambda: str(checkout_file("assets", "data", *parts, what="the miniature world's data"))
+
+
+#: `evovlm bench` tasks on the world's copies of the benchmarks: (source, split, protocol)
+BENCH_VQA = (_world_data("ja-vg-vqa-500", "test.parquet"), "test", "world")
+BENCH_CULTURE = (_world_data("ja-vlm-bench-in-the-wild", "test.parquet"), "test", "world")

@@ -13,7 +13,6 @@ the VLM's training scenes) share a scene; `url` / `page_url` carry the signature
 from __future__ import annotations
 
 import io
-import os
 import random
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -93,10 +92,11 @@ def _write(cols: dict, features, path: Path) -> Path:
     import pyarrow.parquet as pq
     from datasets import Dataset
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    from evollm.fsutil import write_atomic
     table = Dataset.from_dict(cols, features=features).data.table     # schema carries the features
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_atomic(path, buf.getvalue())
     return path
 
 
