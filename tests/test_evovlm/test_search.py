@@ -1,19 +1,16 @@
 """`evovlm merge --config` on the miniature world's VLM: the same run folder as evollm, and the
 exported VLM is what the search scored, with vision tower and projector untouched."""
 
-from pathlib import Path
 
 import torch
+import pytest
 from safetensors.torch import load_file
 
 from evollm.search.run import read_candidates, run
-from runcfg import small
+from helpers import ASSETS, small
 from evovlm.model import tower_names
-from evovlm.search import VlmWorkbench
 from evovlm.tasks import load_vqa
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT / "assets"
 
 
 def test_vqa_rows_load_from_either_benchmark_format():
@@ -23,10 +20,10 @@ def test_vqa_rows_load_from_either_benchmark_format():
         assert rows and set(rows[0]) == {"image", "question", "answer"} and rows[0]["answer"]
 
 
+@pytest.mark.slow
 def test_short_vlm_run(tmp_path):
     cfg = small(tmp_path, "world-vqa", budget=4, max_new_tokens=12, report={"sources": True, "baselines": False})
-    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None,
-               benches={"ps": VlmWorkbench})
+    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
     recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
     assert len(recs) == 4 and all(r["error"] is None for r in recs)
     assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == max(r["score"] for r in recs)
@@ -65,11 +62,10 @@ def test_vqa_loaders_read_jsonl_and_imagefolder_copies(tmp_path):
         load_vqa(str(tmp_path / "bad.jsonl"))
 
 
+@pytest.mark.slow
 def test_short_vlm_dfs_run(tmp_path):
-    from evovlm.search import VlmDfsWorkbench
     cfg = small(tmp_path, "world-vqa-dfs", budget=4, max_new_tokens=12)
-    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None,
-               benches={"ps": VlmWorkbench, "dfs": VlmDfsWorkbench})
+    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
     recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
     assert len(recs) == 4 and all(r["error"] is None for r in recs)
     from transformers import AutoConfig

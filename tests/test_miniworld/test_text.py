@@ -7,8 +7,8 @@ import re
 import pytest
 
 from evollm.tasks import mgsm
-from evollm.world import corpus, formats, text
-from evollm.world.tokenizer import train_tokenizer
+from miniworld import corpus, formats, text
+from miniworld.tokenizer import train_tokenizer
 
 JA = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 

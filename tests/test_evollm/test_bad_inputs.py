@@ -13,12 +13,12 @@ from evollm import datafiles
 from evollm.checkpoint import Checkpoint, CheckpointError, check_model_folder
 from evollm.cli import main as evollm_main
 from evollm.hub import load_tokenizer, resolve_model
-from evollm.merger import check_device
+from evollm.engine.disk import check_device
 from evollm.tasks import mgsm
 from evovlm.cli import main as evovlm_main
 from evovlm.data import load_ja_vg_vqa
 from evovlm.tasks import load_vqa
-from tiny import save_model
+from helpers import save_model
 
 ROW = {"question": "りんごが3個あります。", "answer_number": 3}
 

@@ -1,6 +1,7 @@
 """The evolution core: search space, config validation, a short run on the miniature world's tiny
 models, failing candidates, and kill -9 + --resume giving exactly the uninterrupted run."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from runcfg import absolute
+from helpers import ROOT, absolute
 
 from evollm.recipe import load_recipe, parse_recipe
 from evollm.search import config as C
 from evollm.search.space import ParamSpace
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def space(groups=1, n_layers=4):
@@ -86,17 +86,29 @@ def test_bad_config_values_name_the_field(over, field):
 
 
 def test_shipped_configs_validate():
-    world = C.load_config()
-    assert Path(world["base_model"]).is_dir() and all(Path(m["model"]).is_dir() for m in world["models"])
-    assert Path(world["task"]["test"]["data"]).is_file()
+    world = C.load_config(ROOT / "configs" / "world-ja-math.yaml")
+    assert Path(world.base_model).is_dir() and all(Path(m.model).is_dir() for m in world.models)
+    assert Path(world.task.test.data).is_file()
     paper = C.load_config(ROOT / "configs" / "paper-ja-math.yaml")
-    assert paper["base_model"] == "mistralai/Mistral-7B-v0.1" and paper["search"]["budget"] == 1000
-    assert [m["name"] for m in paper["models"]] == ["shisa-gamma", "wizardmath", "abel"]
-    assert paper["task"]["test"]["data"] == "juletxara/mgsm" and paper["dtype"] == "bfloat16"
+    assert paper.base_model == "mistralai/Mistral-7B-v0.1" and paper.search.budget == 1000
+    assert [m.name for m in paper.models] == ["shisa-gamma", "wizardmath", "abel"]
+    assert paper.task.test.data == "juletxara/mgsm" and paper.dtype == "bfloat16"
     vqa = C.load_config(ROOT / "configs" / "paper-vqa.yaml")
-    assert vqa["task"]["name"] == "ja-vqa" and vqa["models"][0]["model"] == "llava-hf/llava-v1.6-mistral-7b-hf"
+    assert vqa.task.name == "ja-vqa" and vqa.models[0].model == "llava-hf/llava-v1.6-mistral-7b-hf"
     world_vqa = C.load_config(ROOT / "configs" / "world-vqa.yaml")
-    assert all(Path(m["model"]).is_dir() for m in world_vqa["models"])
+    assert all(Path(m.model).is_dir() for m in world_vqa.models)
+
+
+def test_the_run_config_is_frozen_and_typed():
+    import dataclasses
+    cfg = C.load_config(ROOT / "configs" / "world-ja-math.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.search.budget = 3
+    with pytest.raises(TypeError):
+        cfg.search.fixed["normalize"] = True                # read-only view
+    assert cfg.search.params["weight"] == C.Bounds(0.0, 1.0, 0.5) and cfg.task.generation["num_beams"] == 1
+    assert C.RunConfig.from_dict(cfg.to_dict()) == cfg     # what a run folder stores reads back the same
+    assert C.parse_config(yaml.safe_load(C.dump_config(cfg)), "config.yaml") == cfg
 
 
 def tiny_run_config(budget=12, popsize=4):
@@ -114,6 +126,7 @@ def write_config(tmp_path, d) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_short_run_writes_the_whole_run_folder(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -139,15 +152,16 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
     assert "| evolved (best/model) |" in md and "merge" in md and "held-out" in md
     with pytest.raises(FileExistsError, match="--resume"):       # never over an existing run folder
         run(cfg, out, progress=False, log=lambda *a: None)
-    other = dict(cfg, seed=1)
+    other = dataclasses.replace(cfg, seed=1)
     with pytest.raises(C.ConfigError, match="seed"):
         run(other, out, resume=True, progress=False, log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_a_failing_candidate_gets_the_worst_score_and_the_run_goes_on(tmp_path, monkeypatch):
     import torch
 
-    from evollm.inmemory import InMemoryMerger
+    from evollm.engine.memory import InMemoryMerger
     from evollm.search.run import read_candidates, run
     calls = {"n": 0}
     real = InMemoryMerger.merge
@@ -188,6 +202,7 @@ def _strip(records):
     return [{k: v for k, v in r.items() if k not in ("merge_s", "eval_s")} for r in records]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
     from evollm.search.run import read_candidates
     d = tiny_run_config(budget=20, popsize=4)
@@ -219,9 +234,9 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_a_source_of_another_shape_is_refused_by_name(tmp_path):
-    from tiny import save_model
+    from helpers import save_model
 
-    from evollm.search.evaluate import read_state
+    from evollm.search.workbench import read_state
     save_model(tmp_path / "base")
     save_model(tmp_path / "wide", vocab_size=97)
     shapes = {k: tuple(v.shape) for k, v in read_state(str(tmp_path / "base"), {
@@ -233,15 +248,15 @@ def test_a_source_of_another_shape_is_refused_by_name(tmp_path):
 
 
 def test_init_from_a_recipe_starts_the_search_there(tmp_path):
-    from evollm.search.run import make_space
+    from evollm.search.space import ParamSpace
     d = cfg_data()
     d["search"]["init_from"] = "../assets/recipes/mgsm-ja-searched.yaml"
     d["search"]["layer_groups"] = 2
     cfg = C.parse_config(d, "RUN.yaml", ROOT / "configs")
-    sp = make_space(cfg, 4)
-    x0 = sp.genome(load_recipe(cfg["search"]["init_from"]))
+    sp = ParamSpace.of(cfg, 4)
+    x0 = sp.genome(load_recipe(cfg.search.init_from))
     per = sp.per_model(x0)
-    given = {m.model.rsplit("/", 1)[-1]: m.parameters for m in load_recipe(cfg["search"]["init_from"]).models}
+    given = {m.model.rsplit("/", 1)[-1]: m.parameters for m in load_recipe(cfg.search.init_from).models}
     assert per["ja"]["weight"] == [given["ja"]["weight"]] * 4
     assert per["math-b"]["density"] == [given["math-b"]["density"]] * 4
     d["search"]["init_from"] = "nope.yaml"
@@ -253,4 +268,5 @@ def test_the_readme_config_block_is_the_default_config():
     import re
     block = re.search(r"The config \(`configs/world-ja-math.yaml`.*?```yaml\n(.*?)```", (ROOT / "README.md").read_text(),
                       re.S).group(1)
-    assert C.parse_config(yaml.safe_load(block), "README", ROOT / "configs") == C.load_config()
+    assert C.parse_config(yaml.safe_load(block), "README", ROOT / "configs") == \
+        C.load_config(ROOT / "configs" / "world-ja-math.yaml")

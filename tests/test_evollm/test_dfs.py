@@ -5,8 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from runcfg import small
-from tiny import family
+from helpers import family, small
 from transformers import AutoModelForCausalLM
 
 from evollm.dfs import Hop, build_dfs_model, export_state, path_from, save_dfs, slots
@@ -97,6 +96,7 @@ def test_exported_checkpoint_matches_the_in_memory_model(sources, tmp_path):
     assert torch.equal(state["lm_head.weight"], a.state_dict()["lm_head.weight"]) and cfg.num_hidden_layers == 2
 
 
+@pytest.mark.slow
 def test_dfs_run_exports_a_plain_checkpoint_and_resumes(tmp_path, monkeypatch):
     from evollm.search.dfs_space import DfsWorkbench
     from evollm.search.run import read_candidates, run
@@ -135,7 +135,7 @@ def test_passthrough_recipe_writes_the_same_checkpoint(sources, tmp_path):
     `evollm merge` gives the exported DFS checkpoint (scales folded the same way)."""
     import yaml
 
-    from evollm.merger import run_merge
+    from evollm.engine.disk import run_merge
     from evollm.recipe import parse_recipe
     from evollm.search.dfs_space import DfsSpace
     a, b = sources
@@ -152,6 +152,7 @@ def test_passthrough_recipe_writes_the_same_checkpoint(sources, tmp_path):
     assert set(x) == set(y) and all(torch.allclose(x[k], y[k], rtol=1e-6, atol=0) for k in x)
 
 
+@pytest.mark.slow
 def test_ps_then_dfs_from_one_config(tmp_path):
     from evollm.search.run import run
     cfg = small(tmp_path, "world-ja-math-ps-dfs", budget=4, report={"sources": False, "baselines": False})

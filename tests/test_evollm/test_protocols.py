@@ -14,6 +14,8 @@ from evollm.langid import lang_prob
 from evollm.protocols import ja_vqa, mgsm_ja
 from evollm.protocols.mgsm_ja import IMPROVED, OFFICIAL, read_improved, read_official
 
+from helpers import ASSETS
+
 # --------------------------------------------------------------------------- MGSM-ja: reading
 
 
@@ -148,23 +150,21 @@ def test_official_vqa_prompt_and_generation():
 
 # --------------------------------------------------------------------------- where the protocols are used
 
-ASSETS = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets"
-
 
 def test_run_config_picks_a_protocol_and_fills_its_generation_settings(tmp_path):
     from evollm.search import config as C
-    base = C.load_config()
+    base = C.load_config(ASSETS.parent / "configs" / "world-ja-math.yaml")
     cfg = C.parse_config({**_raw(), "task": {**_raw()["task"], "protocol": "official", "max_new_tokens": None}},
                          "r.yaml", ASSETS.parent / "configs")
-    assert cfg["task"]["protocol"] == "official" and cfg["task"]["max_new_tokens"] == 1024
-    assert (cfg["task"]["repetition_penalty"], cfg["task"]["num_beams"]) == (1.0, 1)
-    assert base["task"]["protocol"] == "improved" and base["task"]["max_new_tokens"] == 48
+    assert cfg.task.protocol == "official" and cfg.task.max_new_tokens == 1024
+    assert (cfg.task.repetition_penalty, cfg.task.num_beams) == (1.0, 1)
+    assert base.task.protocol == "improved" and base.task.max_new_tokens == 48
     with pytest.raises(C.ConfigError, match=r"`task.protocol` must be one of \['official', 'improved'\]"):
         C.parse_config({**_raw(), "task": {**_raw()["task"], "protocol": "world"}}, "r.yaml", ASSETS.parent / "configs")
     # before protocols: `official_extraction` (older run folders' config.yaml) reads as the protocol
     old = {**_raw(), "task": {**_raw()["task"], "official_extraction": True}}
     old["task"].pop("protocol")
-    assert C.parse_config(old, "r.yaml", ASSETS.parent / "configs")["task"]["protocol"] == "official"
+    assert C.parse_config(old, "r.yaml", ASSETS.parent / "configs").task.protocol == "official"
     old["task"]["protocol"] = "improved"
     with pytest.raises(C.ConfigError, match="contradicts"):
         C.parse_config(old, "r.yaml", ASSETS.parent / "configs")

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import naive
 from evollm.checkpoint import Checkpoint
 from evollm.cli import main
-from tiny import family, save_model
+from helpers import family, save_model
 
 
 @pytest.fixture(scope="module")

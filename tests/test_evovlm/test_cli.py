@@ -3,7 +3,7 @@
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from evollm.checkpoint import Checkpoint
-from evollm.merger import layer_prefix
+from evollm.engine.disk import layer_prefix
 from evovlm.cli import main, split_parts
 
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from evollm.world import scenes as S
-from evollm.world import vlm as V
-from evollm.world.formats import SYSTEM_EN, SYSTEM_JA, chat
-from evollm.world.tokenizer import train_tokenizer
-from evollm.world.vqa_data import build_vqa_data, check_disjoint, signatures
+from miniworld import scenes as S
+from miniworld import vlm as V
+from miniworld.formats import SYSTEM_EN, SYSTEM_JA, chat
+from miniworld.tokenizer import train_tokenizer
+from miniworld.vqa_data import build_vqa_data, check_disjoint, signatures
 from evovlm.data import load_in_the_wild, load_ja_vg_vqa, qa_items
-from evollm.generate import generate_answers
+from evovlm.infer import generate_answers
 from evollm.protocols import ja_vqa
-from evollm.world.formats import WORLD_VQA
+from miniworld.formats import WORLD_VQA
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -222,7 +222,8 @@ def test_train_vlm_saves_a_loadable_folder(tiny_world, world_data):
                          log=None)
     assert report["stage2"]["steps"] == 2 and (out / "model.safetensors").exists()
     assert not list(out.parent.glob(".vlm-en.tmp-*"))
-    model, proc = V.load_vlm(out)
+    from evovlm.infer import load_vlm
+    model, proc = load_vlm(out)
     assert type(proc).__name__ == "LlavaProcessor"
     ds = load_ja_vg_vqa(str(world_data / "ja-vg-vqa-500"), split="test")
     res = V.evaluate_vqa(model, proc, ds, max_new_tokens=3, batch_size=4)

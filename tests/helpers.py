@@ -1,9 +1,16 @@
-"""Tiny random causal LMs fine-tuned from one base (by seeded noise), built on the fly."""
+"""Shared test helpers: the repository's paths; tiny random causal LMs fine-tuned from one base (by
+seeded noise), built on the fly; shipped run configs made small for tests."""
 
 import json
+from pathlib import Path
 
 import torch
+import yaml
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+CONFIGS = ROOT / "configs"
 
 ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
 
@@ -40,3 +47,26 @@ def family(root, arch="llama", n=2, dtype=torch.float32, **over):
         paths.append(str(root / f"ft{i}"))
     (root / "base" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}))
     return paths
+
+
+# -- run configs
+def absolute(d: dict) -> dict:
+    """A config's paths (relative to configs/) made absolute, so it can be written anywhere."""
+    d["base_model"] = str((CONFIGS / d["base_model"]).resolve())
+    d["models"] = [str((CONFIGS / m).resolve()) for m in d["models"]]
+    for s in ("fitness", "test"):
+        d["task"][s]["data"] = str((CONFIGS / d["task"][s]["data"]).resolve())
+    return d
+
+
+def small(tmp_path, name: str, budget=8, popsize=4, items=6, max_new_tokens=24, report=None) -> dict:
+    """configs/NAME.yaml with a short search on a few items, written to tmp_path/RUN.yaml and loaded."""
+    from evollm.search.config import load_config
+    d = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    d["search"].update(budget=budget, popsize=popsize)
+    d["task"].update(max_new_tokens=max_new_tokens)
+    d["task"]["fitness"]["limit"] = d["task"]["test"]["limit"] = items
+    if report is not None:
+        d["report"] = report
+    (tmp_path / "RUN.yaml").write_text(yaml.safe_dump(absolute(d)))
+    return load_config(tmp_path / "RUN.yaml")

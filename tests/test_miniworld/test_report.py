@@ -1,10 +1,12 @@
-"""The world report's baselines and its CMA-ES search (seeded, bounded, improving)."""
+"""The world report: baselines, its search (an ordinary run), and the lab notebook's probes."""
 
 import numpy as np
 import pytest
 
 from evollm.tasks import mgsm
-from evollm.world import report
+from miniworld import report
+
+from helpers import ASSETS
 
 
 def test_baselines_use_the_fitness_mode_and_the_test_range():
@@ -15,40 +17,32 @@ def test_baselines_use_the_fitness_mode_and_the_test_range():
     assert b["constant_fitness"] == pytest.approx(200 / 3)
 
 
-def test_cma_search_is_seeded_bounded_and_finds_the_optimum():
-    def score(per, n):
-        return -sum((p["weight"] - 1.2) ** 2 + (p["density"] - 0.3) ** 2 for p in per.values())
-
-    a = report.cma_search(score, ["x", "y"], budget=96, seed=3, weight_max=2.0, log=lambda *_: None)
-    b = report.cma_search(score, ["x", "y"], budget=96, seed=3, weight_max=2.0, log=lambda *_: None)
-    assert a == b
-    for p in a[1].values():
-        assert 0 <= p["weight"] <= 2 and 0.05 <= p["density"] <= 1
-        assert abs(p["weight"] - 1.2) < 0.15 and abs(p["density"] - 0.3) < 0.1
-
-
-def test_cma_search_over_layer_groups():
-    seen = []
-
-    def score(per, n):
-        seen.append(per)
-        w = per["x"]["weight"]
-        return -((w[0] - 0.2) ** 2 + (w[3] - 0.9) ** 2)
-
-    best, per = report.cma_search(score, ["x"], budget=64, seed=0, layer_groups=2, n_layers=4, log=lambda *_: None)
-    assert all(isinstance(p["x"]["weight"], list) and len(p["x"]["weight"]) == 4 for p in seen)
-    assert all(w[0] == w[1] and w[2] == w[3] for p in seen for w in [p["x"]["weight"]])
-    assert all(0 <= v <= 1 for p in seen for v in p["x"]["weight"])          # the default bound: [0, 1]
-    assert abs(per["x"]["weight"][0] - 0.2) < 0.1 and abs(per["x"]["weight"][2] - 0.9) < 0.1
+@pytest.mark.slow
+def test_the_world_search_is_an_ordinary_run_seeded_and_bounded():
+    """The report's search goes through the run loop (evollm.search.run): the same seed gives the same
+    result, parameters stay in their bounds, layer groups give per-layer gradients."""
+    import json
+    task = {"fitness": {"data": str(ASSETS / "data" / "mgsm-ja" / "fitness.jsonl"), "limit": 6},
+            "test": {"data": str(ASSETS / "data" / "mgsm-ja" / "test.jsonl"), "limit": 6}, "max_new_tokens": 16}
+    kw = dict(budget=4, popsize=4, seed=3, weight_max=2.0, layer_groups=2, log=lambda *a: None)
+    a = report.searched(ASSETS, ["models/ja", "models/math-a"], "ja-math", task, **kw)
+    assert a == report.searched(ASSETS, ["models/ja", "models/math-a"], "ja-math", task, **kw)
+    score, per = a
+    layers = json.loads((ASSETS / "models" / "base" / "config.json").read_text())["num_hidden_layers"]
+    assert set(per) == {"ja", "math-a"} and 0 <= score <= 100
+    for p in per.values():
+        assert len(p["weight"]) == len(p["density"]) == layers
+        assert all(0 <= w <= 2 for w in p["weight"]) and all(0.05 <= d <= 1 for d in p["density"])
+        assert p["weight"][0] == p["weight"][layers // 2 - 1] and len(set(p["weight"])) <= 2
 
 
 def test_vqa_grid_merges_the_tower_and_scores_both_splits():
     """The lab notebook's VQA probe: at (vlm-en 1, ja 0) the merged tower is vlm-en's own, so it scores
     what the VLM scores unmerged."""
-    from pathlib import Path
     from evovlm.data import load_ja_vg_vqa
-    from evollm.world.vlm import evaluate_vqa, load_vlm
-    assets = Path(__file__).resolve().parents[1] / "assets"
+    from evovlm.infer import load_vlm
+    from miniworld.vlm import evaluate_vqa
+    assets = ASSETS
     res = report.vqa_grid(assets, items=3, points=((1, 0), (0, 1)), log=lambda *_: None)
     assert set(res) == {"1/0", "0/1"} and all(0 <= r[s] <= 100 for r in res.values() for s in ("fit", "test"))
     vlm, proc = load_vlm(assets / "models" / "vlm-en")
@@ -58,10 +52,10 @@ def test_vqa_grid_merges_the_tower_and_scores_both_splits():
     assert res["1/0"]["test"] == round(plain["rouge_l"], 1)
 
 
+@pytest.mark.slow
 def test_mgsm_grid_at_a_single_source_scores_that_source():
     """The lab notebook's fine-tune probe: at (ja 0, math-a 1) the merge is math-a itself."""
-    from pathlib import Path
-    assets = Path(__file__).resolve().parents[1] / "assets"
+    assets = ASSETS
     res = report.mgsm_grid(assets, items=8, points=((0, 1), (1, 0)), log=lambda *_: None)
     tok, sd, model = report.load_world(assets)
     fit = report.read_rows(assets / "data" / "mgsm-ja" / "fitness.jsonl")

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from runcfg import small
+from helpers import ROOT, small
 
 from evollm.search.run import read_candidates
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 EVOLLM = [sys.executable, "-m", "evollm.cli"]
 MODELS = ROOT / "assets" / "models"
@@ -62,6 +61,7 @@ def lock_is_free(run: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])
 def test_ctrl_c_mid_run_loses_nothing_and_prints_the_resume_command(tmp_path, sig, code):
     run = tmp_path / "run"
@@ -79,6 +79,7 @@ def test_ctrl_c_mid_run_loses_nothing_and_prints_the_resume_command(tmp_path, si
     assert indices(run) == list(range(8)) and (run / "best" / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_before_the_first_candidate_leaves_no_run_folder(tmp_path, sig, code):
     run = tmp_path / "run"
@@ -113,6 +114,7 @@ def recipe(tmp_path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_sigkill_during_an_export_leaves_a_temporary_that_the_next_export_removes(tmp_path):
     out = tmp_path / "merged"
     proc = subprocess.run([sys.executable, "-c", KILL_DURING_EXPORT, "merge", "--recipe", str(recipe(tmp_path)),
@@ -126,6 +128,7 @@ def test_sigkill_during_an_export_leaves_a_temporary_that_the_next_export_remove
     assert not left[0].exists() and (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_second_resume_of_a_busy_run_folder_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "run"
     first = start("merge", "--config", config(tmp_path), "--out", run, "--quiet")
@@ -158,6 +161,7 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named_and_the_run_resumes_once_there_is_space(tmp_path, tmpfs):
     # a merge that needs more than the disk has: refused before writing, nothing left behind
     r = cli("merge", "--recipe", recipe(tmp_path), "--out", tmpfs / "merged", "--quiet")
@@ -188,7 +192,7 @@ def test_a_full_disk_is_named_and_the_run_resumes_once_there_is_space(tmp_path, 
 
 def flaky_candidates(monkeypatch, fail):
     """Make candidate number n (in evaluation order) fail when fail(n)."""
-    from evollm.search.evaluate import Workbench
+    from evollm.search.workbench import Workbench
     real, calls = Workbench.evaluate_candidate, {"n": -1}
 
     def patched(self, params, rows):
@@ -213,6 +217,7 @@ def test_a_mostly_failing_run_says_so_and_exits_non_zero(tmp_path, monkeypatch, 
     assert "7 of 8 candidates failed" in report and json.loads((run / "report.json").read_text())["failures"]["failed"] == 7
 
 
+@pytest.mark.slow
 def test_a_first_generation_that_fails_entirely_stops_and_resume_runs_it_again(tmp_path, monkeypatch, capsys):
     from evollm.cli import main
     flaky_candidates(monkeypatch, lambda n: True)

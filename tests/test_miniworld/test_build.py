@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evollm.tasks import mgsm
-from evollm.world import build, formats
+from miniworld import build, formats
 
 TINY = {
     "tokenizer": {"vocab_size": 600, "docs": 800, "pairs_each": 100},
@@ -68,7 +68,7 @@ def test_data_loads_through_the_real_loader_and_splits_are_disjoint(world, targe
 
 def test_a_fine_tune_can_freeze_embeddings_norms_and_head(world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from evollm.world.train import train
+    from miniworld.train import train
     folder = world / "a" / "models" / "base"
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

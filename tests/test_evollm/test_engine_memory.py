@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from evollm.cli import main
-from evollm.inmemory import InMemoryMerger
-from tiny import family
+from evollm.engine.memory import InMemoryMerger
+from helpers import family
 
 CASES = {"ties": ("ties", {"ft0": {"weight": 0.6, "density": 0.5}, "ft1": {"weight": 0.4, "density": 0.3}}),
          "dare_ties": ("dare_ties", {"ft0": {"weight": 0.7, "density": 0.4}, "ft1": {"weight": 1.3, "density": 0.6}}),

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from evollm.merge import get_method, tensor_generator
-from evollm.merge import sparsify as sp
-from evollm.merge.methods import slerp_tensors
+from evollm.kernels import get_method, tensor_generator
+from evollm.kernels import sparsify as sp
+from evollm.kernels.methods import slerp_tensors
 
 import naive
 

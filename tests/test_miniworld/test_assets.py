@@ -1,7 +1,6 @@
 """The committed miniature world (assets/): it loads, generates, and its data sets obey the rules."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +8,10 @@ import torch
 from evollm.langid import lang_prob
 from evollm.protocols.mgsm_ja import IMPROVED, read_improved
 from evollm.tasks import mgsm
-from evollm.world import build, formats
+from miniworld import build, formats
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+from helpers import ASSETS
+
 LMS = ("base", "ja", "math-a", "math-b")
 
 
@@ -62,9 +62,9 @@ def test_sources_do_what_they_were_trained_for():
 
 def test_vlm_loads_and_answers_about_an_image():
     from evovlm.data import load_ja_vg_vqa, qa_items
-    from evollm.generate import generate_answers
-    from evollm.world.formats import WORLD_VQA
-    from evollm.world.vlm import load_vlm
+    from evovlm.infer import generate_answers
+    from miniworld.formats import WORLD_VQA
+    from evovlm.infer import load_vlm
     model, proc = load_vlm(ASSETS / "models" / "vlm-en")
     items = qa_items(load_ja_vg_vqa(str(ASSETS / "data" / "ja-vg-vqa-500" / "test.parquet")))[:2]
     out = generate_answers(model, proc, [i["image"] for i in items], [i["question"] for i in items], WORLD_VQA,
@@ -84,6 +84,7 @@ def test_text_splits_load_through_the_real_loader_and_share_no_item(target):
         assert not set(fit["template"]) & set(test["template"])        # held-out templates
 
 
+@pytest.mark.slow
 def test_no_evaluation_question_is_in_training_data():
     seed, rc = build.RECIPE["seed"], build.RECIPE
     rows = [r for t in ("mgsm-ja", "mixed") for s in ("fitness", "test")
@@ -100,7 +101,7 @@ def test_no_evaluation_question_is_in_training_data():
 
 def test_vqa_splits_load_through_the_real_loaders_and_share_no_scene():
     from evovlm.data import load_in_the_wild, load_ja_vg_vqa
-    from evollm.world.vqa_data import check_disjoint, signatures
+    from miniworld.vqa_data import check_disjoint, signatures
     d = ASSETS / "data"
     fit = load_ja_vg_vqa(str(d / "ja-vg-vqa-500" / "train.parquet"))
     test = load_ja_vg_vqa(str(d / "ja-vg-vqa-500" / "test.parquet"))
@@ -113,8 +114,8 @@ def test_recorded_recipe_exports_what_the_report_evaluates(tmp_path):
     """`evollm merge` on assets/recipes/ writes exactly the in-memory candidate the tables score."""
     from safetensors.torch import load_file
     from evollm.cli import main
-    from evollm.inmemory import InMemoryMerger
-    from evollm.world.report import SOURCES, load_world, recorded_recipes
+    from evollm.engine.memory import InMemoryMerger
+    from miniworld.report import SOURCES, load_world, recorded_recipes
     assert main(["merge", "--recipe", str(ASSETS / "recipes" / "mgsm-ja-searched.yaml"), "--out",
                  str(tmp_path / "m"), "--seed", "0", "--quiet"]) == 0
     exported = load_file(str(tmp_path / "m" / "model.safetensors"))
@@ -124,11 +125,12 @@ def test_recorded_recipe_exports_what_the_report_evaluates(tmp_path):
     assert all(torch.equal(v, exported[k]) for k, v in merged.state_dict().items())
 
 
+@pytest.mark.slow
 def test_the_recorded_merge_composes_what_no_source_has():
     """The world's point (issue 3): the recorded recipe answers held-out Japanese problems in Japanese
     with the right number, where every source fails (measured here on the first 40 test items)."""
-    from evollm.inmemory import InMemoryMerger
-    from evollm.world.report import SOURCES, load_world, recorded_recipes
+    from evollm.engine.memory import InMemoryMerger
+    from miniworld.report import SOURCES, load_world, recorded_recipes
     tok, sd, model = load_world(ASSETS)
     rows = list(mgsm.load_mgsm(str(ASSETS / "data" / "mgsm-ja" / "test.jsonl")))[:40]
     acc = lambda m: mgsm.evaluate(m, tok, rows, max_new_tokens=48, batch_size=40)["accuracy"]

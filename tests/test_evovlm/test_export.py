@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from evollm.checkpoint import Checkpoint
 from evollm.recipe import load_recipe
-from evovlm.merge import merge_vlm
+from evovlm.export import merge_vlm
 from evovlm.model import TowerView, lm_name, part, tower_names
 
 VOCAB_LM, VOCAB_VLM = 96, 98          # the VLM adds two tokens (<image>, <pad>) to its LM's vocabulary
@@ -138,7 +138,7 @@ def test_merged_vlm_reloads_and_generates_from_an_image(tmp_path):
 
 
 def test_errors_name_what_is_wrong(tmp_path):
-    from evollm.merger import MergeError
+    from evollm.engine.disk import MergeError
     vlm_family(tmp_path)
     r = tmp_path / "r.yaml"
     r.write_text(yaml.safe_dump({"merge_method": "linear", "models": [
