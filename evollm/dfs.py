@@ -1,5 +1,5 @@
 """Data-flow-space (DFS) models: the hidden state passes through a path of layers taken from two
-source models A and B, scaled between hops (DESIGN.md section 4).
+source models A and B, scaled between hops (docs/design.md, search spaces).
 
 - Slots: M = 2L layer candidates (A's L layers, then B's), repeated r times, in a `layout`:
   `model-major` (the paper's: all of A, all of B, r times), `layer-major` (layer 1 of A, of B, then

@@ -1,6 +1,6 @@
-"""`make demo`: merge small models built on the spot and show what each merge can do.
+"""`make toy`: merge small models built on the spot and show what each merge can do.
 
-Until the miniature world (assets/) exists, the demo builds its own toy situation in a few
+From before the miniature world (assets/) existed: the toy builds its own toy situation in a few
 seconds on a CPU: a tiny Llama `base` that can shift and rotate 5-symbol strings, and two
 fine-tunes of it that each learned a new skill on its own half of the symbols: `copy` (repeat
 the string) and `dec` (decrement each symbol). Each merge

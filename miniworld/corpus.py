@@ -1,6 +1,6 @@
 """The world's training corpora and evaluation data sets, all drawn from one seed.
 
-Who sees what (the rules of DESIGN.md section 6):
+Who sees what (the rules of docs/design.md, the miniature world):
 - base: bilingual stories, translations both ways, cross-lingual look-up QA, culture facts and bare
   arithmetic (`12 + 5 = 17`); a share (`instruct_share`) of generic instruction-formatted look-ups and
   translations into English, so that fine-tunes need not learn the prompt formats; a share

@@ -1,5 +1,5 @@
 """Independent, deliberately plain reference implementations (numpy, loops over entries) of
-the merge semantics in DESIGN.md section 3, to check the kernels against."""
+the merge semantics in docs/design.md (merge methods), to check the kernels against."""
 
 import numpy as np
 

@@ -8,7 +8,7 @@ Every kernel has the signature ``fn(tensors, base, params, inputs, rng)``:
 - ``inputs``: one dict of per-model parameters per tensor (``weight``, ``density``, ...);
 - ``rng``: ``rng(i)`` returns the seeded torch.Generator for input ``i`` (random methods).
 
-Meanings are those of mergekit 0.1.5 for the same names (DESIGN.md section 3), so a recipe
+Meanings are those of mergekit 0.1.5 for the same names (docs/design.md, merge methods), so a recipe
 means the same thing in both tools.
 """
 

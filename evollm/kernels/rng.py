@@ -1,9 +1,9 @@
 """Seeded generators for random masks (DARE, DELLA).
 
-Each (run seed, candidate, tensor, source model) gets its own generator whose seed is a hash
-of those four, so a mask never depends on the global RNG, on the order tensors are merged in,
-or on what else ran before: the same recipe and seed give bit-identical output on the same
-device type.
+Each (run seed, candidate, tensor, input) gets its own generator (the input: the source's position
+among the merge's inputs) whose seed is a hash of those four, so a mask never depends on the global
+RNG, on the order tensors are merged in, or on what else ran before: the same recipe and seed give
+bit-identical output on the same device type.
 """
 
 from __future__ import annotations

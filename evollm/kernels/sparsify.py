@@ -1,7 +1,7 @@
 """Sparsification of task vectors: which entries of a delta survive, and how the survivors
 are rescaled. Pure tensor functions; randomness only through an explicit generator.
 
-Semantics follow mergekit 0.1.5 (`mergekit/sparsify.py`), with two additions:
+Semantics follow mergekit 0.1.5 (`mergekit/sparsify.py`), with three additions:
 - the top-k / outlier selections find their cut with a k-th value selection instead of a full
   sort: the same set whenever magnitudes are distinct; entries of equal magnitude at the cut
   are taken as a stable ascending sort orders them (mergekit's unstable sort leaves it open);
