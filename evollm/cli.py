@@ -10,14 +10,12 @@ from . import __version__
 
 
 def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9,
-             "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
-    t = text.strip().upper()
-    num = t.rstrip("KMGIB")
+    """A size on the command line (argparse type)."""
+    from .fsutil import parse_size as size
     try:
-        return int(float(num) * units[t[len(num):]])
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)") from None
+        return size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

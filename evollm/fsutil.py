@@ -47,6 +47,20 @@ def human(n: float) -> str:
         n /= 1000
 
 
+def parse_size(text) -> int:
+    """Bytes of a size written as 80GB, 500MB, 1.5GiB or a plain number; ValueError otherwise."""
+    units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+             "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return int(text)
+    t = str(text).strip().upper().replace(" ", "")
+    num = t.rstrip("KMGTIB")
+    try:
+        return int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError):
+        raise ValueError(f"not a size: {text!r} (e.g. 80GB, 500MB)") from None
+
+
 def is_leftover(name: str) -> bool:
     """Whether a file name is one of our temporaries (`.NAME.tmp-PID`, `.NAME.old-PID`)."""
     return _LEFTOVER.match(name) is not None

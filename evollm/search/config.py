@@ -32,6 +32,7 @@ DEFAULTS: dict = {
     "name": None,
     "seed": 0,
     "device": "cpu",
+    "device_memory": None,          # the memory plan's budget, e.g. 80GB (default: what the device has)
     "base_model": None,
     "models": None,                 # list of model refs, or of {model: ref, name: label}
     "tokenizer": None,              # model ref whose tokenizer the task uses (default: base_model)
@@ -200,6 +201,7 @@ class RunConfig:
     name: str
     seed: int
     device: str
+    device_memory: Optional[int]        # bytes
     base_model: str
     models: Tuple[ModelRef, ...]
     tokenizer: str
@@ -222,7 +224,8 @@ class RunConfig:
         """From a dict `parse_config` has validated (every field present)."""
         s, t = d["search"], d["task"]
         return cls(
-            name=d["name"], seed=d["seed"], device=d["device"], base_model=d["base_model"],
+            name=d["name"], seed=d["seed"], device=d["device"], device_memory=d["device_memory"],
+            base_model=d["base_model"],
             models=tuple(ModelRef(**m) for m in d["models"]), tokenizer=d["tokenizer"], dtype=d["dtype"],
             out_dtype=d["out_dtype"],
             search=SearchConfig(**{**s, "fixed": MappingProxyType(dict(s["fixed"])),
@@ -267,6 +270,14 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
     num("seed", cfg["seed"], 0, integer=True)
     if not isinstance(cfg["device"], str) or not cfg["device"].split(":")[0] in ("cpu", "cuda"):
         err("device", f"must be 'cpu' or 'cuda[:N]', got {cfg['device']!r}")
+    if cfg["device_memory"] is not None:
+        from ..fsutil import parse_size
+        try:
+            cfg["device_memory"] = parse_size(cfg["device_memory"])
+        except ValueError as e:
+            err("device_memory", f"must be a size such as 80GB ({e})")
+        if cfg["device_memory"] <= 0:
+            err("device_memory", f"must be positive, got {cfg['device_memory']}")
     for f in ("dtype", "out_dtype"):
         if cfg[f] not in ("float32", "bfloat16", "float16"):
             err(f, f"must be float32, bfloat16 or float16, got {cfg[f]!r}")
