@@ -21,7 +21,7 @@ import torch
 from ..checkpoint import (TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter,
                          copy_files, dtype_from_name, vlm_architecture)
 from ..hub import resolve_model
-from ..kernels import tensor_generator
+from ..kernels import mask_stream
 from ..kernels.methods import MergeMethod
 from ..recipe import Recipe, Source, resolve
 
@@ -273,7 +273,7 @@ def merge_tensor(task: TensorTask, ckpts: Dict[str, Checkpoint], method: MergeMe
         return tensors[task.base or 0]
 
     def rng(i):
-        return tensor_generator(seed, task.name, i, device=device, candidate=candidate)
+        return mask_stream(seed, task.name, i, candidate)
 
     out = method.fn(tensors, task.base, task.params, task.per_input, rng)
     if not torch.isfinite(torch.stack(torch.aminmax(out))).all():   # NaN propagates to min/max

@@ -11,7 +11,7 @@ from typing import Dict, Mapping
 import torch
 
 from ..kernels.methods import get_method
-from ..kernels.rng import tensor_generator
+from ..kernels.rng import mask_stream
 from .disk import MergeError, decoder_layers, layer_position
 from ..recipe import resolve
 
@@ -65,7 +65,7 @@ class InMemoryMerger:
         for k, ts in self.tensors.items():
             method, g, per = resolve_params(method_name, global_params or {}, per_model or {}, self.names,
                                             k, self.t[k])
-            rng = lambda i, k=k: tensor_generator(seed, k, i, device=self.device, candidate=candidate)
+            rng = lambda i, k=k: mask_stream(seed, k, i, candidate)
             out = method.fn([x.float() for x in ts], base_idx, g, per + [{}], rng)
             if not torch.isfinite(torch.stack(torch.aminmax(out))).all():   # NaN propagates to min/max
                 raise MergeError(f"tensor {k}: the merge produced NaN or inf ({method_name}, {per})")
