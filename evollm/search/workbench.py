@@ -116,7 +116,7 @@ class PsWorkbench(Workbench):
         self.base = read_state(cfg.base_model, self.shapes)
         self.sources = {m.name: self.read_source(m.model) for m in cfg.models}
         self.merger = InMemoryMerger(model, self.base, self.sources, cfg.device, store_dtype=self.dtype,
-                                     targets=targets)
+                                     targets=targets, refs=cfg.refs, base_ref=cfg.base_model)
         self.n_layers = self.merger.n_layers
         self.open_task(processor)
         self.space = ParamSpace.of(cfg, self.n_layers)
@@ -166,14 +166,17 @@ class PsWorkbench(Workbench):
         return self.model
 
     def merge(self, method: str, fixed: dict, per_model: dict):
-        """DARE masks depend on the run seed and the tensor name only (not on the candidate), so a
-        candidate's score is the score of its exported recipe."""
+        """A merge of every source onto the base (the un-evolved reference merges)."""
         self.merger.merge(method, fixed, per_model, seed=self.seed, candidate=0)
         return self.model
 
     def candidate(self, per_model: dict):
-        """The space's merge (its method and fixed parameters) of these per-model parameters."""
-        return self.merge(self.space.method, self.space.fixed, per_model)
+        """The candidate's recipe (the space's method and fixed parameters, these per-model parameters)
+        merged in memory: the recipe `export_best` writes and exports for the same parameters, planned
+        and executed by the same engine with the same random streams (the run seed; the candidate number
+        does not enter the masks), so a candidate's score is the score of its exported recipe."""
+        self.merger.merge_recipe(self.space.recipe_of(per_model), seed=self.seed, candidate=0)
+        return self.model
 
 
 def untuned(names) -> dict:
