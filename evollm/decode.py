@@ -227,15 +227,17 @@ class _SlotCache:
             return K[:self.n, :, self.lo:col + 1], V[:self.n, :, self.lo:col + 1]
         s0, s1, runs, prefix, floor = self.prefill
         q = key_states.shape[2]
+        p = prefix[layer_idx][0].shape[2] if prefix else 0
+        a = col - q - p
         for T, new, i in ((K, key_states, 0), (V, value_states, 1)):
-            T[s0:s1, :, floor:col - q].zero_()
-            T[s0:s1, :, col - q:col] = new
-            if prefix:
-                pre = prefix[layer_idx][i]
-                p = pre.shape[2]
-                for r0, r1, d in runs:
-                    T[s0 + r0:s0 + r1, :, col - q - p + d:col - q + d] = pre
-        a = col - q - (prefix[layer_idx][0].shape[2] if prefix else 0)
+            if floor < a:
+                T[s0:s1, :, floor:a].zero_()
+            T[s0:s1, :, col - q:col] = new              # a row with d padding tokens: its suffix ends at col
+            for r0, r1, d in runs:
+                if p:                                   # the prefix right before the suffix, over the padding
+                    T[s0 + r0:s0 + r1, :, a + d:a + d + p] = prefix[layer_idx][i]
+                if min(d, p):                           # what neither covers
+                    T[s0 + r0:s0 + r1, :, a:a + min(d, p)].zero_()
         return K[s0:s1, :, a:col], V[s0:s1, :, a:col]
 
 
@@ -488,6 +490,8 @@ class _Decoder:
         self.pos[:n] += 1
         self.col += 1
         self.stats["decode_rows"] += n
+        self.stats["window_cols"] = self.stats.get("window_cols", 0) + n * (self.col - lo)
+        self.stats["live_cols"] = self.stats.get("live_cols", 0) + sum(self.col - r.start for r in self.rows)
         self.accept(toks)
 
     def accept(self, toks, s0=0):
