@@ -306,6 +306,7 @@ def greedy(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size: 
            progress: bool = False, refill: int = None, shared_prefix: bool = True, stats: dict = None) -> list:
     """Greedy completions of `prompts` as token id lists (prompt excluded, the final EOS or stop token
     included), in the order given; see the module docstring. `batch_size`: the number of slots.
+    `max_new_tokens`: one limit for all, or one per prompt (benchmarks force answer lengths this way).
     `refill`: prefill waiting prompts once this many slots are free (default batch_size // 8, at least
     1). `stats`, if a dict, receives counters (forwards, tokens computed, seconds in forwards).
     Raises `Unsupported` before any model work if the model's sliding window is too short."""
@@ -317,7 +318,9 @@ class _Decoder:
     def __init__(self, model, tokenizer, stops, max_new_tokens, batch_size, refill, shared_prefix, stats):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
-        self.max_new = int(max_new_tokens)
+        per_row = isinstance(max_new_tokens, (list, tuple))
+        self.limits = [int(x) for x in max_new_tokens] if per_row else None
+        self.max_new = max(self.limits, default=1) if per_row else int(max_new_tokens)
         self.slots = max(1, int(batch_size))
         self.refill_at = refill or max(1, self.slots // 8)
         self.shared_prefix = shared_prefix
@@ -359,6 +362,8 @@ class _Decoder:
         n = len(prompts)
         if n == 0:
             return []
+        if self.limits is not None and len(self.limits) != n:
+            raise ValueError(f"max_new_tokens: {len(self.limits)} limits for {n} prompts")
         self.ids = ids = tokenize(self.tokenizer, prompts)
         if any(len(x) == 0 for x in ids):
             raise ValueError("a prompt tokenizes to no tokens")
@@ -500,7 +505,7 @@ class _Decoder:
         for s, t in enumerate(toks, s0):
             row = self.rows[s]
             row.tokens.append(t)
-            done = t in self.eos or len(row.tokens) >= self.max_new
+            done = t in self.eos or len(row.tokens) >= (self.limits[row.index] if self.limits else self.max_new)
             if not done and self.matcher is not None:
                 done, row.tail = self.matcher.step(row.tail, t)
             if done:

@@ -53,15 +53,19 @@ class InMemoryMerger:
     the candidates' recipes use (default: the names themselves and "base"). `task_vectors`: hold the task
     vectors X_i - B (in float32, the work dtype of searches) and their L1 norms instead of the sources;
     default: when `store_dtype` is float32 (then it costs no memory). Holding them, only the task-vector
-    methods can be merged, in float32."""
+    methods can be merged, in float32. `store_device`: where the inputs are held (default: `device`);
+    "cpu" with a CUDA `device` holds them in pinned host memory and streams each tensor's inputs to the
+    device when it is merged (the memory plan's "sources on host")."""
 
     WORK_DTYPE = torch.float32
 
     def __init__(self, model: torch.nn.Module, base: Dict[str, torch.Tensor],
                  sources: Dict[str, Dict[str, torch.Tensor]], device="cpu", store_dtype=torch.float32,
                  targets: Dict[str, torch.Tensor] = None, *, refs: Mapping[str, str] = None,
-                 base_ref: str = None, task_vectors: Optional[bool] = None):
+                 base_ref: str = None, task_vectors: Optional[bool] = None, store_device: str = None):
         self.model, self.device = model.to(device), device
+        self.store_device = store_device or device
+        pin = str(self.store_device) == "cpu" and str(device).startswith("cuda")
         self.targets = dict(model.named_parameters()) if targets is None else dict(targets)
         self.names = list(sources)
         self.refs = {n: (refs or {}).get(n, n) for n in self.names}
@@ -79,9 +83,12 @@ class InMemoryMerger:
                 if tuple(sources[n][k].shape) != tuple(base[k].shape):
                     raise _shape_error(k, self.base_ref, base[k].shape, self.refs[n], sources[n][k].shape)
 
+        def held(x):
+            return x.pin_memory() if pin else x
+
         def hold(x, k):
             # an input that shares storage with the target would be overwritten by the first merge
-            return x.detach().to(device, store_dtype, copy=x.data_ptr() == self.targets[k].data_ptr())
+            return held(x.detach().to(self.store_device, store_dtype, copy=x.data_ptr() == self.targets[k].data_ptr()))
 
         self.base = {k: hold(base[k], k) for k in self.targets}
         self.held: Dict[str, Dict[str, torch.Tensor]] = {}      # ref -> name -> source tensor
@@ -90,8 +97,8 @@ class InMemoryMerger:
         for n in self.names:
             if self.task_vectors:
                 self.deltas[self.refs[n]] = {
-                    k: torch.sub(sources[n][k].detach().to(device, self.WORK_DTYPE),
-                                 self.base[k].to(self.WORK_DTYPE)) for k in self.targets}
+                    k: held(torch.sub(sources[n][k].detach().to(self.store_device, self.WORK_DTYPE),
+                                      self.base[k].to(self.WORK_DTYPE))) for k in self.targets}
             else:
                 self.held[self.refs[n]] = {k: hold(sources[n][k], k) for k in self.targets}
         shapes = {k: tuple(t.shape) for k, t in self.base.items()}
@@ -146,7 +153,7 @@ class InMemoryMerger:
         """L1 norm of a held task vector (computed once)."""
         key = (ref, name)
         if key not in self._norms:
-            self._norms[key] = l1_norm(self.deltas[ref][name])
+            self._norms[key] = l1_norm(self.deltas[ref][name].to(self.device, non_blocking=True))
         return self._norms[key]
 
 
@@ -161,7 +168,7 @@ class _ResidentInputs(Inputs):
         if x is None:
             raise MergeError(f"{task.name}: {task.work_dtype} inputs asked for, but this in-memory merger holds "
                              "the sources only as float32 task vectors")
-        return x.to(task.work_dtype)
+        return x.to(self.device, non_blocking=True).to(task.work_dtype)
 
     def task_vectors(self, task):
         m = self.m
@@ -170,6 +177,7 @@ class _ResidentInputs(Inputs):
         if task.work_dtype != m.WORK_DTYPE:
             raise MergeError(f"tensor {task.name}: this in-memory merger holds float32 task vectors; the "
                              f"recipe asks for {task.work_dtype}")
-        b = m.base[task.name].to(m.WORK_DTYPE)
+        b = m.base[task.name].to(m.device, non_blocking=True).to(m.WORK_DTYPE)
         ins = [task.inputs[i] for i in others(task)]
-        return b, [m.deltas[r][n] for r, n in ins], [m.norm(r, n) for r, n in ins]
+        return (b, [m.deltas[r][n].to(m.device, non_blocking=True) for r, n in ins],
+                [m.norm(r, n) for r, n in ins])
