@@ -27,10 +27,10 @@ def mask_hash(seed, tensor, index, j, candidate=0):
 
 
 def keep_mask(shape, p, seed, tensor, index):
-    """Entry j kept when its hash is below p * 2^32 (p a number or an array of the shape)."""
+    """Entry j kept when its uniform (hash >> 8) / 2^24 is below p (p a number or an array of the shape)."""
     n = int(np.prod(shape))
     probs = np.broadcast_to(np.asarray(p, dtype=np.float64), shape).reshape(-1)
-    return np.array([mask_hash(seed, tensor, index, j) < probs[j] * 2**32 for j in range(n)],
+    return np.array([(mask_hash(seed, tensor, index, j) >> 8) < probs[j] * 2**24 for j in range(n)],
                     dtype=bool).reshape(shape)
 
 

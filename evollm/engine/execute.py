@@ -28,10 +28,19 @@ class Inputs:
     def tensor(self, task: TensorTask, i: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def streams(self, task: TensorTask, idx: List[int], seed: int, candidate: int, sparsify: str) -> list:
+        """The random masks' sources of inputs `idx`: their counter-based streams (or, from a caller
+        that holds them, the streams' uniforms over the tensor, `rng.uniform24`)."""
+        return [mask_stream(seed, task.name, i, candidate) for i in idx]
+
     def task_vectors(self, task: TensorTask) -> Tuple[torch.Tensor, List[torch.Tensor], Optional[Sequence]]:
         """(base, [X_i - base for every non-base input i, in input order], their L1 norms or None)."""
         b = self.tensor(task, task.base)
-        return b, [torch.sub(self.tensor(task, i), b) for i in others(task)], None
+        idx = others(task)
+        d = torch.empty((len(idx), b.numel()), dtype=b.dtype, device=b.device)     # rows of one buffer
+        for k, i in enumerate(idx):
+            torch.sub(self.tensor(task, i).reshape(-1), b.reshape(-1), out=d[k])
+        return b, [d[k].view(b.shape) for k in range(len(idx))], None
 
 
 class CheckpointInputs(Inputs):
@@ -66,7 +75,7 @@ def merge_task(task: TensorTask, method: MergeMethod, inputs: Inputs, seed: int,
     if tv is not None:
         b, deltas, norms = inputs.task_vectors(task)
         idx = others(task)
-        streams = [mask_stream(seed, task.name, i, candidate) for i in idx] if tv.random else [None] * len(idx)
+        streams = inputs.streams(task, idx, seed, candidate, tv.sparsify) if tv.random else [None] * len(idx)
         direct = out is not None and out.is_contiguous()
         bounds: list = []
         res = merge_task_vectors(b, deltas, [task.per_input[i] for i in idx], task.params, streams,

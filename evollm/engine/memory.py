@@ -17,7 +17,8 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
-from ..kernels.taskvec import l1_norm
+from ..kernels.rng import mask_stream, uniform24
+from ..kernels.taskvec import chunk_size, l1_norm
 from ..recipe import Recipe, Source
 from .execute import Inputs, merge_task, others
 from .plan import MergeError, Skeleton, TensorTask, _shape_error, decoder_layers, structure_key
@@ -53,16 +54,19 @@ class InMemoryMerger:
     the candidates' recipes use (default: the names themselves and "base"). `task_vectors`: hold the task
     vectors X_i - B (in float32, the work dtype of searches) and their L1 norms instead of the sources;
     default: when `store_dtype` is float32 (then it costs no memory). Holding them, only the task-vector
-    methods can be merged, in float32. `store_device`: where the inputs are held (default: `device`);
-    "cpu" with a CUDA `device` holds them in pinned host memory and streams each tensor's inputs to the
-    device when it is merged (the memory plan's "sources on host")."""
+    methods can be merged, in float32. `hold_masks`: keep the DARE masks' uniforms (`rng.uniform24`, 4
+    bytes per parameter and source, made by the first merge with a seed) so that a candidate's masks are
+    one comparison with its densities; default: when the task vectors are held. `store_device`: where the
+    inputs are held (default: `device`); "cpu" with a CUDA `device` holds them in pinned host memory and
+    streams each tensor's inputs to the device when it is merged (the memory plan's "sources on host")."""
 
     WORK_DTYPE = torch.float32
 
     def __init__(self, model: torch.nn.Module, base: Dict[str, torch.Tensor],
                  sources: Dict[str, Dict[str, torch.Tensor]], device="cpu", store_dtype=torch.float32,
                  targets: Dict[str, torch.Tensor] = None, *, refs: Mapping[str, str] = None,
-                 base_ref: str = None, task_vectors: Optional[bool] = None, store_device: str = None):
+                 base_ref: str = None, task_vectors: Optional[bool] = None, hold_masks: Optional[bool] = None,
+                 store_device: str = None):
         self.model, self.device = model.to(device), device
         self.store_device = store_device or device
         pin = str(self.store_device) == "cpu" and str(device).startswith("cuda")
@@ -94,12 +98,20 @@ class InMemoryMerger:
         self.held: Dict[str, Dict[str, torch.Tensor]] = {}      # ref -> name -> source tensor
         self.deltas: Dict[str, Dict[str, torch.Tensor]] = {}    # ref -> name -> task vector (work dtype)
         self._norms: Dict[tuple, torch.Tensor] = {}
-        for n in self.names:
-            if self.task_vectors:
-                self.deltas[self.refs[n]] = {
-                    k: held(torch.sub(sources[n][k].detach().to(self.store_device, self.WORK_DTYPE),
-                                      self.base[k].to(self.WORK_DTYPE))) for k in self.targets}
-            else:
+        self.hold_masks = self.task_vectors if hold_masks is None else hold_masks
+        self._uniforms: Dict[tuple, torch.Tensor] = {}          # (seed, candidate, tensor, input) -> uniforms
+        if self.task_vectors:
+            # per tensor, one (sources, numel) buffer whose rows are the task vectors in source order
+            for k in self.targets:
+                b = self.base[k].to(self.WORK_DTYPE).reshape(-1)
+                stack = torch.empty((len(self.names), b.numel()), dtype=self.WORK_DTYPE, device=self.store_device,
+                                    pin_memory=pin)
+                for row, n in enumerate(self.names):
+                    torch.sub(sources[n][k].detach().to(self.store_device, self.WORK_DTYPE).reshape(-1), b,
+                              out=stack[row])
+                    self.deltas.setdefault(self.refs[n], {})[k] = stack[row].view(self.base[k].shape)
+        else:
+            for n in self.names:
                 self.held[self.refs[n]] = {k: hold(sources[n][k], k) for k in self.targets}
         shapes = {k: tuple(t.shape) for k, t in self.base.items()}
         self.resident = {self.base_ref: _Resident(self.base_ref, shapes, store_dtype)}
@@ -157,6 +169,20 @@ class InMemoryMerger:
         return self._norms[key]
 
 
+    def uniforms(self, seed: int, candidate: int, tensor: str, idx, numel: int) -> List[torch.Tensor]:
+        """The held uniforms of the streams of inputs `idx` of a tensor, rows of one buffer (those of one
+        seed and candidate are kept at a time)."""
+        key = (seed, candidate, tensor, tuple(idx))
+        u = self._uniforms.get(key)
+        if u is None:
+            if any(k[:2] != key[:2] for k in self._uniforms):
+                self._uniforms.clear()
+            stack = torch.stack([uniform24(mask_stream(seed, tensor, i, candidate), numel, self.device,
+                                           chunk_size(self.device)) for i in idx])
+            u = self._uniforms[key] = [stack[k] for k in range(len(idx))]
+        return u
+
+
 class _ResidentInputs(Inputs):
     def __init__(self, merger: InMemoryMerger):
         self.m, self.device = merger, merger.device
@@ -169,6 +195,12 @@ class _ResidentInputs(Inputs):
             raise MergeError(f"{task.name}: {task.work_dtype} inputs asked for, but this in-memory merger holds "
                              "the sources only as float32 task vectors")
         return x.to(self.device, non_blocking=True).to(task.work_dtype)
+
+    def streams(self, task, idx, seed, candidate, sparsify):
+        m = self.m
+        if not (m.hold_masks and sparsify == "random"):
+            return super().streams(task, idx, seed, candidate, sparsify)
+        return m.uniforms(seed, candidate, task.name, idx, m.base[task.name].numel())
 
     def task_vectors(self, task):
         m = self.m

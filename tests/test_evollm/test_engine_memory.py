@@ -64,7 +64,8 @@ def state(paths):
     return {n: load_file(f"{p}/model.safetensors") for n, p in zip(("base", "ft0", "ft1"), paths)}
 
 
-@pytest.mark.parametrize("hold", ["task vectors", "sources float32", "sources bfloat16"])
+@pytest.mark.parametrize("hold", ["task vectors", "task vectors, masks hashed per merge", "sources float32",
+                                  "sources bfloat16"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_in_memory_merge_equals_the_exported_merge(tmp_path, fams, case, hold):
     method, per, glob = CASES[case]
@@ -74,15 +75,16 @@ def test_in_memory_merge_equals_the_exported_merge(tmp_path, fams, case, hold):
     model = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32)
     sd = state(paths)
     merger = InMemoryMerger(model, sd["base"], {"ft0": sd["ft0"], "ft1": sd["ft1"]}, store_dtype=store,
-                            task_vectors=hold == "task vectors")
-    assert bool(merger.deltas) == (hold == "task vectors")
+                            task_vectors=hold.startswith("task vectors"), hold_masks=hold == "task vectors")
+    assert bool(merger.deltas) == hold.startswith("task vectors")
     for _ in range(2):                       # the held inputs and reused scratch change nothing
         merged = merger.merge(method, glob, per, seed=7)
         for k, v in merged.state_dict().items():
             assert torch.equal(v, exported[k].float()), k
     # merging never writes into what the merger holds
+    assert bool(merger._uniforms) == (hold == "task vectors" and "dare" in method)
     k = "model.layers.1.mlp.up_proj.weight"
-    if hold == "task vectors":
+    if hold.startswith("task vectors"):
         assert torch.equal(merger.deltas["ft0"][k], sd["ft0"][k].float() - sd["base"][k].float())
     else:
         assert torch.equal(merger.held["ft0"][k], sd["ft0"][k].to(store))

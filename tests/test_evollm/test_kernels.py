@@ -118,10 +118,11 @@ def test_mask_hashes_follow_their_definition():
                                            for j in range(start, start + 10)]
     assert MaskStream(0, "t", 1).bits(0, 4).tolist() == [naive.mask_hash(0, "t", 1, j) for j in range(4)] \
         == PINNED
-    # keep iff hash < p * 2^32, exactly
+    # keep iff (hash >> 8) < p * 2^24, exactly
+    assert st.uniform24(0, 300).tolist() == [float(h >> 8) for h in got]
     for p in (0.0, 1e-9, 0.3, 0.5, 1 - 1e-12, 1.0):
-        assert st.keep(0, 300, p).tolist() == [h < p * 2**32 for h in got]
-        assert (threshold(p) - 1 < p * 2**32 <= threshold(p)) or p in (0.0, 1.0)
+        assert st.keep(0, 300, p).tolist() == [(h >> 8) < p * 2**24 for h in got]
+        assert (threshold(p) - 1 < p * 2**24 <= threshold(p)) or p in (0.0, 1.0)
 
 
 PINNED = [1389941841, 2961399541, 1348021185, 2784069575]
