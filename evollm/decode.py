@@ -12,7 +12,9 @@ as HF `generate` (greedy argmax of the model's own forward), with less work:
    A row that ends (EOS, a stop string, `max_new_tokens`) leaves the batch at once: the last rows move
    into its slot, so finished rows are never computed again; waiting prompts are prefilled in groups
    and appended (continuous batching). Rows of different lengths share the columns, each seeing its
-   own through a per-slot mask, right-aligned so that every row's tokens are contiguous and in order.
+   own through a per-slot mask: a row admitted at column c holds the prefix, its padding (masked) and
+   its prompt's suffix ending at c, then one column per step; `lo`, the oldest row's first column,
+   bounds what a step's attention reads.
 4. Stop strings are checked on each row's byte tail only (as long as the longest stop string), with
    HF's rule: a stop string counts when it ends inside the newest token, prompt tokens included.
 
@@ -201,11 +203,10 @@ class _SlotCache:
     """The batch's KV cache, handed to the model as its cache: per layer (allocated at its first
     write) K and V of shape [slots, kv heads, `cap` columns, head dim]. Two kinds of forward use it:
 
-    - a prefill (`prefill` set to (s0, s1, runs, prefix, floor)): slots s0..s1 take their
-      left-padded suffixes (q tokens) at columns [col - q, col) and the shared prefix (p tokens) right
-      before each row's first real token, so that every row ends contiguous at `col`; the layer
-      sees columns [col - q - p, col). Columns from `floor` up that are not written are zeroed (keys and
-      values the mask hides must still be finite);
+    - a prefill (`prefill` set to (s0, s1, prefix, floor)): slots s0..s1 take the shared prefix (p
+      tokens) at columns [col - q - p, col - q) and their left-padded suffixes (q tokens) at
+      [col - q, col); the layer sees columns [col - q - p, col). Their columns from `floor` up to the
+      prefix are zeroed: keys and values the mask hides are still read, and must be finite;
     - a step (`prefill` None): column `col` of slots [0, n); the layer sees columns [lo, col].
     """
 
@@ -225,19 +226,16 @@ class _SlotCache:
             K[:self.n, :, col].copy_(key_states[:, :, 0])
             V[:self.n, :, col].copy_(value_states[:, :, 0])
             return K[:self.n, :, self.lo:col + 1], V[:self.n, :, self.lo:col + 1]
-        s0, s1, runs, prefix, floor = self.prefill
+        s0, s1, prefix, floor = self.prefill
         q = key_states.shape[2]
         p = prefix[layer_idx][0].shape[2] if prefix else 0
         a = col - q - p
         for T, new, i in ((K, key_states, 0), (V, value_states, 1)):
             if floor < a:
                 T[s0:s1, :, floor:a].zero_()
-            T[s0:s1, :, col - q:col] = new              # a row with d padding tokens: its suffix ends at col
-            for r0, r1, d in runs:
-                if p:                                   # the prefix right before the suffix, over the padding
-                    T[s0 + r0:s0 + r1, :, a + d:a + d + p] = prefix[layer_idx][i]
-                if min(d, p):                           # what neither covers
-                    T[s0 + r0:s0 + r1, :, a:a + min(d, p)].zero_()
+            if p:
+                T[s0:s1, :, a:a + p] = prefix[layer_idx][i]
+            T[s0:s1, :, a + p:col] = new
         return K[s0:s1, :, a:col], V[s0:s1, :, a:col]
 
 
@@ -364,6 +362,8 @@ class _Decoder:
             return []
         if self.limits is not None and len(self.limits) != n:
             raise ValueError(f"max_new_tokens: {len(self.limits)} limits for {n} prompts")
+        if self.max_new < 1:
+            raise Unsupported(f"max_new_tokens={self.max_new}")
         self.ids = ids = tokenize(self.tokenizer, prompts)
         if any(len(x) == 0 for x in ids):
             raise ValueError("a prompt tokenizes to no tokens")
@@ -456,16 +456,12 @@ class _Decoder:
         real = j[None, :] >= d                                                 # [k, q]
         positions = torch.where(real, p + j[None, :] - d, p)
         c = torch.arange(width, device=dev)
-        # a real query sees the prefix and the suffix up to itself: columns d .. p + j; a padding query
-        # sees its own column only (so no row of the mask is empty)
-        mask = ((c[None, None, :] >= d[:, :, None]) & (c[None, None, :] <= p + j[None, :, None])) | \
-            (c[None, None, :] == p + j[None, :, None])
-        runs, r0 = [], 0
-        for r in range(1, k + 1):
-            if r == k or lens[r] != lens[r0]:
-                runs.append((r0, r, q - lens[r0]))
-                r0 = r
-        self.cache.col, self.cache.prefill = col, (s0, s0 + k, runs, self.prefix_kv, self.floor)
+        # a row's columns: the prefix (c < p), its padding, its suffix (c >= p + d): what it sees from now on
+        seen = (c[None, :] < p) | (c[None, :] >= p + d)                      # [k, width]
+        # in this forward a real query sees those up to itself, a padding query its own column only (so
+        # that no row of the mask is empty)
+        mask = (seen[:, None, :] & (c[None, None, :] <= p + j[None, :, None])) | (c[None, None, :] == p + j[None, :, None])
+        self.cache.col, self.cache.prefill = col, (s0, s0 + k, self.prefix_kv, self.floor)
         try:
             logits = self.forward(x, positions, mask[:, None], self.cache)
         finally:
@@ -473,13 +469,13 @@ class _Decoder:
         self.stats["prefill_forwards"] += 1
         self.stats["prefill_tokens"] += k * q
         self.mask[s0:s0 + k] = False
-        self.mask[s0:s0 + k, a:col] = c[None, :] >= d
+        self.mask[s0:s0 + k, a:col] = seen
         self.pos[s0:s0 + k, 0] = torch.tensor([p + n for n in lens], device=dev)
         toks = self.next_tokens(logits)
         self.last[s0:s0 + k, 0] = torch.tensor(toks, device=dev)
         for i, n in zip(idx, lens):
             tail = self.matcher.tail(self.ids[i]) if self.matcher is not None else b""
-            self.rows.append(_Row(i, col - p - n, tail))
+            self.rows.append(_Row(i, a, tail))
         self.accept(toks, s0)
 
     def step(self):

@@ -67,7 +67,8 @@ def assert_same(model, tok, prompts, max_new_tokens, stops=(), batch_size=8, hf_
 
 # ---------------------------------------------------------------------------------------- the world
 
-@pytest.mark.parametrize("name", ["base", "ja", "math-a"])
+@pytest.mark.parametrize("name", ["ja", pytest.param("base", marks=pytest.mark.slow),
+                                  pytest.param("math-a", marks=pytest.mark.slow)])
 def test_world_models_on_the_fitness_prompts(world, tok, name):
     """The ja-math prompt (a long shared prefix), 48 new tokens, the improved stop strings, 5 slots for
     24 prompts: sorted, refilled, rows ending by EOS and by stop strings."""
@@ -76,6 +77,7 @@ def test_world_models_on_the_fitness_prompts(world, tok, name):
     assert len({len(x) for x in ids}) > 1
 
 
+@pytest.mark.slow
 def test_world_mixed_prompts_without_a_shared_prefix(world, tok):
     """English and Japanese prompts (nothing shared but BOS), short and long, one slot more than half."""
     rows = fitness_rows(10, 100)
@@ -87,6 +89,7 @@ def test_world_mixed_prompts_without_a_shared_prefix(world, tok):
         assert_same(world[name], tok, prompts, 32, IMPROVED_STOPS, batch_size=8, hf_batch=5)
 
 
+@pytest.mark.slow
 def test_world_dfs_model(world, tok):
     """A DFS model over ja and math-a (a layer visited twice, scaled hops): the hop layers' own cache
     slots work with the slot cache."""
@@ -95,6 +98,15 @@ def test_world_dfs_model(world, tok):
     dfs = build_dfs_model(world["ja"], world["math-a"], hops)
     assert decode.unsupported(dfs, tok, IMPROVED_STOPS) is None
     assert_same(dfs, tok, mgsm.prompts(fitness_rows(12, 40)), 40, IMPROVED_STOPS, batch_size=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_cuda(tok):
+    """Device-agnostic: the same equality on a GPU (rows, slots and stop strings as on the CPU)."""
+    model = AutoModelForCausalLM.from_pretrained(ASSETS / "models" / "math-a", dtype=torch.float32).to("cuda").eval()
+    prompts = mgsm.prompts(fitness_rows(24))
+    assert generate(model, tok, prompts, max_new_tokens=48, batch_size=5, stops=IMPROVED_STOPS) == \
+        generate_static(model, tok, prompts, max_new_tokens=48, batch_size=8, stops=IMPROVED_STOPS)
 
 
 def test_generate_uses_the_new_path_for_greedy_requests(world, tok, monkeypatch):
