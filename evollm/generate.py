@@ -33,7 +33,31 @@ def batches(n: int, batch_size: int, progress: bool = False, desc: str = "genera
 
 def generate(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size: int = 32,
              stops=(), progress: bool = False, **gen_kwargs) -> list[str]:
-    """Greedy completions of `prompts` (prompt text excluded), cut at the first stop string."""
+    """Greedy completions of `prompts` (prompt text excluded), cut at the first stop string.
+
+    Greedy requests on the models `evollm.decode` knows (Llama/Mistral-style causal LMs and DFS models
+    over them) run through `evollm.decode.greedy`: prompts sorted by length, a shared prompt prefix
+    computed once, finished rows dropped and their slots refilled, stop strings checked on the new
+    text only; `batch_size` is its number of slots. Anything else (beam search, repetition penalty,
+    other models) runs HF `generate` in static batches of `batch_size` with left padding."""
+    from . import decode
+    if decode.unsupported(model, tokenizer, stops, **gen_kwargs) is None:
+        try:
+            ids = decode.greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                stops=stops, progress=progress)
+        except decode.Unsupported:
+            pass
+        else:
+            return [truncate_at(t, stops) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return generate_static(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           stops=stops, progress=progress, **gen_kwargs)
+
+
+@torch.no_grad()
+def generate_static(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size: int = 32,
+                    stops=(), progress: bool = False, **gen_kwargs) -> list[str]:
+    """`generate` through HF `model.generate` in static batches of `batch_size` (left padding, stop
+    strings by HF's StopStringCriteria), each batch running until its longest row stops."""
     device = next(model.parameters()).device
     outs = []
     for i in batches(len(prompts), batch_size, progress):

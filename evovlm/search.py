@@ -19,6 +19,17 @@ from .infer import load_vlm
 from .model import VOCAB_TENSORS, TowerView, is_vlm, lm_name, text_vocab
 
 
+def tower_targets(vlm, rows: int) -> dict:
+    """What a merge writes in a loaded VLM: its language-tower parameters under causal-LM names, the
+    vocabulary tensors as views of their first `rows` rows (the rows the causal LMs share)."""
+    targets = {}
+    for k, p in vlm.named_parameters():
+        name = lm_name(k)
+        if name is not None:
+            targets[name] = p[:rows] if name in VOCAB_TENSORS else p
+    return targets
+
+
 class VlmWorkbench(PsWorkbench):
     """Parameter space over the VLM's language tower."""
 
@@ -32,12 +43,7 @@ class VlmWorkbench(PsWorkbench):
         base = Checkpoint(resolve_model(cfg.base_model), name=cfg.base_model)
         self.rows = text_vocab(base.config)
         model, processor = load_vlm(resolve_model(self.vlm_ref), cfg.device, dtype)
-        targets = {}
-        for k, p in model.named_parameters():
-            name = lm_name(k)
-            if name is not None:
-                targets[name] = p[:self.rows] if name in VOCAB_TENSORS else p
-        return model, processor, targets
+        return model, processor, tower_targets(model, self.rows)
 
     def read_source(self, ref: str) -> dict:
         ck = Checkpoint(resolve_model(ref), name=ref)

@@ -1,7 +1,70 @@
 """Independent, deliberately plain reference implementations (numpy, loops over entries) of
-the merge semantics in docs/design.md (merge methods), to check the kernels against."""
+the merge semantics in docs/design.md (merge methods), to check the kernels against. The random
+masks are recomputed here from their definition (Python integers, one entry at a time), not with
+the kernels' torch code."""
+
+import hashlib
 
 import numpy as np
+
+
+# --------------------------------------------------------------------------- counter-based masks
+
+
+def mask_hash(seed, tensor, index, j, candidate=0):
+    """The 32-bit hash of entry j (flat index) of input `index` of `tensor` (docs/design.md)."""
+    block, lo = j >> 32, j % 2**32
+    digest = hashlib.sha256(f"{seed}\x1f{candidate}\x1f{tensor}\x1f{index}\x1f{block}".encode()).digest()
+    a = int.from_bytes(digest[0:4], "little") % 2**31 | 1
+    b = int.from_bytes(digest[4:8], "little")
+    x = (a * lo + b) % 2**32
+    x ^= x >> 16
+    x = x * 0x21F0AAAD % 2**32
+    x ^= x >> 15
+    x = x * 0x735A2D97 % 2**32
+    x ^= x >> 15
+    return x
+
+
+def keep_mask(shape, p, seed, tensor, index):
+    """Entry j kept when its uniform (hash >> 8) / 2^24 is below p (p a number or an array of the shape)."""
+    n = int(np.prod(shape))
+    probs = np.broadcast_to(np.asarray(p, dtype=np.float64), shape).reshape(-1)
+    return np.array([(mask_hash(seed, tensor, index, j) >> 8) < probs[j] * 2**24 for j in range(n)],
+                    dtype=bool).reshape(shape)
+
+
+def _rescaled(d, kept, mask, rescale, probs):
+    if rescale == "l1":
+        before, after = np.abs(d).sum(), np.abs(kept).sum()
+        return kept * (before / after) if before >= 1e-7 and after >= 1e-7 else kept
+    if rescale == "density":
+        return np.where(mask, d / probs, 0.0)
+    return kept
+
+
+def dare(d, density, seed, tensor, index, rescale="l1"):
+    """DARE drop (and rescale) of one task vector."""
+    if density >= 1:
+        return d.copy()
+    if density <= 0:
+        return np.zeros_like(d)
+    mask = keep_mask(d.shape, density, seed, tensor, index)
+    return _rescaled(d, np.where(mask, d, 0.0), mask, rescale, density)
+
+
+def della(d, density, epsilon, seed, tensor, index, rescale="l1"):
+    """DELLA MagPrune: keep probability rising with the magnitude rank within each row."""
+    x = d.reshape(1, -1) if d.ndim < 2 else d
+    probs = np.empty_like(x, dtype=np.float64)
+    n = x.shape[1]
+    for r in range(x.shape[0]):
+        order = sorted(range(n), key=lambda i: abs(x[r, i]))       # stable ascending
+        for rank, i in enumerate(order):
+            probs[r, i] = (density - epsilon) + (rank / (n - 1) if n > 1 else 0.0) * (2 * epsilon)
+    probs = probs.reshape(d.shape)
+    mask = keep_mask(d.shape, probs, seed, tensor, index)
+    return _rescaled(d, np.where(mask, d, 0.0), mask, rescale, probs)
 
 
 def trim_topk(d, density):

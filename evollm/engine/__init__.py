@@ -1,5 +1,7 @@
-"""The merge engine: a recipe's kernels (`evollm.kernels`) applied to whole models, two ways.
+"""The merge engine: a recipe's kernels (`evollm.kernels`) applied to whole models; one engine, two sinks.
 
-`disk`: plan a recipe and stream it to a checkpoint one output tensor at a time (`evollm merge
---recipe`). `memory`: write a merge in place into one resident model (search candidates).
+`plan`: a recipe (a search candidate is one) planned once: tensors, inputs, checks, resolved
+parameters. `execute`: one planned tensor merged (the kernels, the counter-based random streams, the
+NaN check). Sinks: `disk` streams the merged tensors into a checkpoint (`evollm merge --recipe`);
+`memory` writes them in place into one resident model (search candidates), holding task vectors.
 """

@@ -6,7 +6,8 @@ Every kernel has the signature ``fn(tensors, base, params, inputs, rng)``:
 - ``base``: index of the base model in ``tensors`` or None;
 - ``params``: the method's global parameters (``lambda``, ``normalize``, ``t``, ...);
 - ``inputs``: one dict of per-model parameters per tensor (``weight``, ``density``, ...);
-- ``rng``: ``rng(i)`` returns the seeded torch.Generator for input ``i`` (random methods).
+- ``rng``: ``rng(i)`` returns the counter-based mask stream of input ``i`` (`rng.MaskStream`;
+  random methods).
 
 Meanings are those of mergekit 0.1.5 for the same names (docs/design.md, merge methods), so a recipe
 means the same thing in both tools.
@@ -20,7 +21,10 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
-from . import sparsify as sp
+from .taskvec import merge_task_vectors
+
+#: sparsifications that draw random masks (their kernels need the inputs' mask streams)
+RANDOM_SPARSIFY = ("random", "della")
 
 REQUIRED = object()
 
@@ -58,6 +62,18 @@ class Param:
 
 
 @dataclass(frozen=True)
+class TaskVectors:
+    """How a task-vector method treats the task vectors d_i = X_i - B (the engine calls
+    `taskvec.merge_task_vectors` with them directly)."""
+    sparsify: Optional[str]        # None, 'magnitude', 'random', 'outliers', 'della'
+    consensus: bool                # TIES sign election
+
+    @property
+    def random(self) -> bool:
+        return self.sparsify in RANDOM_SPARSIFY
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     name: str
     fn: Callable[..., torch.Tensor]
@@ -67,6 +83,7 @@ class MergeMethod:
     min_inputs: int = 1            # counting the base, as mergekit does
     max_inputs: Optional[int] = None
     layer_slices: bool = False     # output built from layer slices (passthrough)
+    task_vectors: Optional[TaskVectors] = None   # the task-vector family: how it sparsifies and combines
 
     def param(self, name: str) -> Optional[Param]:
         return next((p for p in self.params if p.name == name), None)
@@ -139,57 +156,21 @@ def slerp(tensors, base, params, inputs, rng=None) -> torch.Tensor:
 # --------------------------------------------------------------------------- task arithmetic family
 
 
-def _sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
-    """TIES sign election ('sum' rule): an entry of delta i is kept when its sign equals the
-    sign of the sum over models at that entry; an exact-zero sum counts as positive. Exact
-    zeros in a delta never match, so they never count towards the divisor."""
-    majority = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
-    return deltas * majority > 0
-
-
 def task_vector_merge(tensors, base, params, inputs, rng, *, sparsify: Optional[str],
                       consensus: bool) -> torch.Tensor:
     """The generalized task arithmetic of mergekit: task vectors d_i = X_i - B, optionally
     sparsified per model, weighted (D_i = w_i d_i), optionally sign-elected, summed,
     optionally normalised by the sum of the weights (of the kept models at each entry, under
-    consensus), scaled by lambda and added to B. Computed in the inputs' dtype."""
+    consensus), scaled by lambda and added to B. Computed in the inputs' dtype by the fused kernel
+    (`taskvec.merge_task_vectors`), which callers holding the task vectors use directly."""
     b = tensors[base]
     others = [i for i in range(len(tensors)) if i != base]
     if not others:
         return b
-    rescale = params.get("rescale")
-    rescale = None if rescale in (False, "none") else ("l1" if rescale is True else rescale)
-    deltas = b.new_empty((len(others), *b.shape))
-    for row, i in enumerate(others):
-        raw = d = torch.sub(tensors[i], b, out=deltas[row])
-        p = inputs[i]
-        if sparsify == "magnitude":
-            d = sp.magnitude(d, p["density"], rescale)
-        elif sparsify == "random":
-            d = sp.bernoulli(d, p["density"], rng(i), rescale)
-        elif sparsify == "outliers":
-            d = sp.magnitude_outliers(d, p["density"], p["gamma"], rescale)
-        elif sparsify == "della":
-            d = sp.della_magprune(d, p["density"], p["epsilon"], rng(i), rescale)
-        if d is not raw:
-            deltas[row] = d
-    weights = torch.tensor([inputs[i]["weight"] for i in others], dtype=deltas.dtype, device=deltas.device)
-    weights = weights.reshape(-1, *([1] * b.dim()))
-    deltas.mul_(weights)
-    if consensus:
-        keep = _sign_consensus(deltas)
-        merged = deltas.mul_(keep).sum(dim=0)
-        divisor = torch.tensordot(weights.reshape(-1), keep.to(deltas.dtype), dims=1)
-        divisor[divisor == 0] = 1
-    else:
-        merged = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    if params["normalize"]:
-        merged /= divisor
-    if params["lambda"] != 1:
-        merged *= params["lambda"]
-    return merged.add_(b).to(b.dtype)
+    deltas = [torch.sub(tensors[i], b) for i in others]
+    streams = [rng(i) if (rng is not None and sparsify in RANDOM_SPARSIFY) else None for i in others]
+    return merge_task_vectors(b, deltas, [inputs[i] for i in others], params, streams,
+                              sparsify=sparsify, consensus=consensus)
 
 
 def model_stock(tensors, base, params, inputs, rng=None) -> torch.Tensor:
@@ -244,7 +225,8 @@ def _gta(name, summary, *, sparsify, consensus, normalize, rescale, extra=()):
         return task_vector_merge(tensors, base, p, inputs, rng, sparsify=sparsify, consensus=consensus)
 
     fn.__name__ = name
-    return register(MergeMethod(name, fn, params, summary, base="required"))
+    return register(MergeMethod(name, fn, params, summary, base="required",
+                                task_vectors=TaskVectors(sparsify, consensus)))
 
 
 register(MergeMethod(

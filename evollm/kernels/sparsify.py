@@ -1,12 +1,14 @@
 """Sparsification of task vectors: which entries of a delta survive, and how the survivors
-are rescaled. Pure tensor functions; randomness only through an explicit generator.
+are rescaled. Pure tensor functions; randomness only through an explicit counter-based stream
+(`evollm.kernels.rng.MaskStream`).
 
 Semantics follow mergekit 0.1.5 (`mergekit/sparsify.py`), with three additions:
 - the top-k / outlier selections find their cut with a k-th value selection instead of a full
   sort: the same set whenever magnitudes are distinct; entries of equal magnitude at the cut
   are taken as a stable ascending sort orders them (mergekit's unstable sort leaves it open);
-- random drops draw ``uniform < p`` from the given generator (a Bernoulli(p) mask, faster
-  than ``torch.bernoulli`` on CPU);
+- random drops keep an entry when its counter-based hash is below ``p * 2^32`` (a Bernoulli(p)
+  mask that depends only on seed, tensor, input and the entry's index: the same on every device
+  and in every order; mergekit draws from the global torch RNG);
 - besides mergekit's L1-norm rescale, the DARE paper's convention (divide each kept entry by
   its keep probability) is available as ``rescale="density"``.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from .rng import MaskStream
 
 #: Rescale conventions after a random drop. ``"l1"`` (mergekit >= 0.1.0, our default where
 #: mergekit's ``rescale: true``): scale the kept vector so its L1 norm equals the original's.
@@ -131,19 +135,19 @@ def magnitude_outliers(t: torch.Tensor, density: float, gamma: float = 0.01,
     return _apply_mask(t, (~drop).reshape(t.shape), rescale)
 
 
-def bernoulli(t: torch.Tensor, density: float, generator: torch.Generator,
+def bernoulli(t: torch.Tensor, density: float, stream: MaskStream,
               rescale: Optional[str] = "l1") -> torch.Tensor:
-    """DARE drop: keep each entry independently with probability ``density``."""
+    """DARE drop: keep each entry independently with probability ``density`` (the mask of ``stream``)."""
     if density >= 1:
         return t
     if density <= 0:
         return torch.zeros_like(t)
     work = _work_dtype(t)
-    mask = torch.rand(t.shape, generator=generator, device=t.device) < density
+    mask = stream.mask(t.shape, density, t.device)
     return _apply_mask(t.to(work), mask, rescale, keep_prob=density).to(t.dtype)
 
 
-def della_magprune(t: torch.Tensor, density: float, epsilon: float, generator: torch.Generator,
+def della_magprune(t: torch.Tensor, density: float, epsilon: float, stream: MaskStream,
                    rescale: Optional[str] = "l1") -> torch.Tensor:
     """DELLA MagPrune: keep probabilities rise linearly with magnitude rank along dim 1 (rows
     of a matrix; a vector is one row), from density - epsilon (smallest) to density + epsilon
@@ -167,6 +171,6 @@ def della_magprune(t: torch.Tensor, density: float, epsilon: float, generator: t
     rank_norm = torch.arange(n, device=x.device, dtype=work) / (n - 1) if n > 1 else torch.zeros(1, dtype=work, device=x.device)
     by_rank = (density - epsilon) + rank_norm * (2 * epsilon)
     probs = torch.empty(x.shape, dtype=work, device=x.device).scatter_(1, order, by_rank.expand_as(order))
-    mask = torch.rand(probs.shape, generator=generator, device=x.device) < probs
+    mask = stream.mask(probs.shape, probs, x.device)
     out = _apply_mask(x, mask, rescale, keep_prob=probs)
     return out.to(t.dtype).reshape(shape)

@@ -213,6 +213,7 @@ def prepare(cfg: RunConfig, log):
     for split, rows in (("fitness", fit_rows), ("test", test_rows)):
         if not rows:
             raise ValueError(f"task.{split}.data: {getattr(t, split).data} has no items")
+    bench.ready(fit_rows, log)
     return bench, fit_rows, test_rows, time.time() - t0
 
 

@@ -72,7 +72,11 @@ class ParamSpace:
     decode = per_model         # what a candidate is, as the run logs it and the Workbench builds it
 
     def recipe(self, x) -> Recipe:
-        per = self.per_model(x)
+        """The recipe of genome `x`: what the in-memory merge of the candidate runs and the export writes."""
+        return self.recipe_of(self.per_model(x))
+
+    def recipe_of(self, per: Dict[str, dict]) -> Recipe:
+        """The recipe of decoded per-model parameters (`per_model`'s output, as the log stores them)."""
         return Recipe(merge_method=self.method, base_model=self.base_ref,
                       models=[Source(self.refs[n], per[n]) for n in self.names],
                       parameters=dict(self.fixed), dtype=self.dtype, out_dtype=self.out_dtype)

@@ -21,6 +21,7 @@ import torch
 from ..checkpoint import Checkpoint, dtype_from_name
 from ..engine.disk import check_device
 from ..engine.memory import InMemoryMerger
+from ..engine.plan import decoder_layers
 from ..hub import batch_tokenizer, load_causal_lm, resolve_model
 
 #: the workbenches of a task that names none: causal LMs
@@ -64,6 +65,11 @@ class Workbench:
         from ..tasks import task_class
         self.processor = processor
         self.task = task_class(self.cfg.task.name)(self.cfg.task, processor)
+
+    def ready(self, rows, log=print):
+        """Called once the fitness rows are loaded, before the first candidate (the PS workbench plans
+        its memory here)."""
+        return None
 
     # -- what each workbench defines
     def candidate(self, params: dict):
@@ -115,11 +121,35 @@ class PsWorkbench(Workbench):
         self.shapes = {k: tuple(t.shape) for k, t in targets.items()}
         self.base = read_state(cfg.base_model, self.shapes)
         self.sources = {m.name: self.read_source(m.model) for m in cfg.models}
-        self.merger = InMemoryMerger(model, self.base, self.sources, cfg.device, store_dtype=self.dtype,
-                                     targets=targets)
-        self.n_layers = self.merger.n_layers
+        self.n_layers = decoder_layers(targets)[1]
+        self.merger = None          # made by `ready`, where the memory plan says the sources live
         self.open_task(processor)
         self.space = ParamSpace.of(cfg, self.n_layers)
+
+    def ready(self, rows, log=print):
+        """The memory plan for these fitness rows (logged), then the in-memory merger over the sources
+        held where it says, and the task's decoding batch no larger than what fits."""
+        from ..memplan import MemoryPlan, device_budget, kv_bytes_per_token, plan_memory
+        cfg, plan = self.cfg, None
+        longest = getattr(self.task, "longest_prompt", None)
+        if longest is not None:
+            params = list(self.targets.values())
+            esize = torch.tensor([], dtype=self.dtype).element_size()
+            plan = plan_memory(
+                device=cfg.device, budget=device_budget(cfg.device, cfg.device_memory),
+                model_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
+                largest_tensor=max(p.numel() for p in params), n_inputs=len(self.sources) + 1,
+                store_bytes_per_param=esize,
+                model_params=sum(p.numel() for p in params),
+                kv_per_token=kv_bytes_per_token(self.model.config.to_dict(), esize),
+                max_tokens=longest(rows) + cfg.task.max_new_tokens, batch=self.task.batch_size)
+            log(plan.describe())
+            self.task.batch_size = plan.batch
+        host = isinstance(plan, MemoryPlan) and plan.sources_on == "host"
+        self.merger = InMemoryMerger(self.model, self.base, self.sources, cfg.device, store_dtype=self.dtype,
+                                     targets=self.targets, refs=cfg.refs, base_ref=cfg.base_model,
+                                     store_device="cpu" if host else None)
+        return plan
 
     def build(self, cfg, dtype):
         """(model on the device, tokenizer, name -> parameter tensor the merges write)."""
@@ -166,14 +196,17 @@ class PsWorkbench(Workbench):
         return self.model
 
     def merge(self, method: str, fixed: dict, per_model: dict):
-        """DARE masks depend on the run seed and the tensor name only (not on the candidate), so a
-        candidate's score is the score of its exported recipe."""
+        """A merge of every source onto the base (the un-evolved reference merges)."""
         self.merger.merge(method, fixed, per_model, seed=self.seed, candidate=0)
         return self.model
 
     def candidate(self, per_model: dict):
-        """The space's merge (its method and fixed parameters) of these per-model parameters."""
-        return self.merge(self.space.method, self.space.fixed, per_model)
+        """The candidate's recipe (the space's method and fixed parameters, these per-model parameters)
+        merged in memory: the recipe `export_best` writes and exports for the same parameters, planned
+        and executed by the same engine with the same random streams (the run seed; the candidate number
+        does not enter the masks), so a candidate's score is the score of its exported recipe."""
+        self.merger.merge_recipe(self.space.recipe_of(per_model), seed=self.seed, candidate=0)
+        return self.model
 
 
 def untuned(names) -> dict:

@@ -180,6 +180,7 @@ class JaMath:
     def __init__(self, cfg, tokenizer):
         """`cfg`: the run config's `task` (evollm.search.config.TaskConfig)."""
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.batch_size = cfg.batch_size          # a memory plan may lower it
         self.note = (f"Accuracy = last number right AND the answer in Japanese (fastText lid.176, P(ja) > 0.5), "
                      f"under the {protocol(cfg.protocol).name} MGSM-ja protocol (evollm.protocols.mgsm_ja).")
 
@@ -189,9 +190,14 @@ class JaMath:
 
     def score(self, model, rows) -> dict:
         c = self.cfg
-        r = evaluate(model, self.tokenizer, rows, protocol_name=c.protocol, batch_size=c.batch_size, **c.generation)
+        r = evaluate(model, self.tokenizer, rows, protocol_name=c.protocol, batch_size=self.batch_size, **c.generation)
         return {"score": r["accuracy"], "number_correct": r["number_correct"], "lang_rate": r["lang_rate"],
                 "examples": [i["output"] for i in r["items"][:2]]}
+
+    def longest_prompt(self, rows) -> int:
+        """Tokens of the longest prompt of `rows` (for the memory plan)."""
+        return max((len(x) for x in self.tokenizer(prompts(rows, protocol(self.cfg.protocol).prompt))["input_ids"]),
+                   default=0)
 
     def baselines(self, fit_rows, test_rows) -> list:
         b = answer_baselines(fit_rows, test_rows)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from evollm.kernels import get_method, tensor_generator
+from evollm.kernels import get_method, mask_stream
 from evollm.kernels import sparsify as sp
+from evollm.kernels.rng import MaskStream, threshold
 from evollm.kernels.methods import slerp_tensors
 
 import naive
@@ -15,7 +16,7 @@ def run(method, tensors, base=None, params=None, inputs=None, seed=0):
     m = get_method(method)
     g = {p.name: p.default for p in m.params if p.scope == "global"}
     g.update(params or {})
-    rng = lambda i: tensor_generator(seed, "t", i)  # noqa: E731
+    rng = lambda i: mask_stream(seed, "t", i)  # noqa: E731
     return m.fn([torch.as_tensor(t, dtype=torch.float64) for t in tensors], base, g, inputs, rng)
 
 
@@ -76,9 +77,10 @@ def test_topk_keeps_at_least_one_and_exact_count():
 
 def test_dare_rescale_conventions():
     d = torch.randn(10_000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    kept_l1 = sp.bernoulli(d, 0.3, torch.Generator().manual_seed(5), rescale="l1")
-    kept_p = sp.bernoulli(d, 0.3, torch.Generator().manual_seed(5), rescale="density")
-    kept_raw = sp.bernoulli(d, 0.3, torch.Generator().manual_seed(5), rescale=None)
+    st = mask_stream(5, "d", 0)
+    kept_l1 = sp.bernoulli(d, 0.3, st, rescale="l1")
+    kept_p = sp.bernoulli(d, 0.3, st, rescale="density")
+    kept_raw = sp.bernoulli(d, 0.3, st, rescale=None)
     mask = kept_raw != 0
     assert torch.equal(mask, kept_p != 0) and torch.equal(mask, kept_l1 != 0)
     assert abs(mask.double().mean().item() - 0.3) < 0.02
@@ -93,15 +95,60 @@ def test_dare_rescale_conventions():
 
 def test_dare_masks_are_seeded_per_tensor_and_model():
     d = torch.randn(1000)
-    a = sp.bernoulli(d, 0.5, tensor_generator(0, "w", 1))
-    b = sp.bernoulli(d, 0.5, tensor_generator(0, "w", 1))
-    c = sp.bernoulli(d, 0.5, tensor_generator(1, "w", 1))
-    e = sp.bernoulli(d, 0.5, tensor_generator(0, "w", 2))
-    f = sp.bernoulli(d, 0.5, tensor_generator(0, "w2", 1))
+    a = sp.bernoulli(d, 0.5, mask_stream(0, "w", 1))
+    b = sp.bernoulli(d, 0.5, mask_stream(0, "w", 1))
+    c = sp.bernoulli(d, 0.5, mask_stream(1, "w", 1))
+    e = sp.bernoulli(d, 0.5, mask_stream(0, "w", 2))
+    f = sp.bernoulli(d, 0.5, mask_stream(0, "w2", 1))
+    g = sp.bernoulli(d, 0.5, mask_stream(0, "w", 1, candidate=1))
     assert torch.equal(a, b)
-    assert not torch.equal(a, c) and not torch.equal(a, e) and not torch.equal(a, f)
+    assert not any(torch.equal(a, x) for x in (c, e, f, g))
     torch.manual_seed(123)            # the global RNG plays no part
-    assert torch.equal(a, sp.bernoulli(d, 0.5, tensor_generator(0, "w", 1)))
+    assert torch.equal(a, sp.bernoulli(d, 0.5, mask_stream(0, "w", 1)))
+
+
+def test_mask_hashes_follow_their_definition():
+    """The torch integer code equals the definition computed one entry at a time in Python (naive.py),
+    across the 2^32 block boundary too; a few values are pinned so that a change is seen."""
+    st = MaskStream(7, "model.layers.0.mlp.up_proj.weight", 2)
+    got = st.bits(0, 300).tolist()
+    assert got == [naive.mask_hash(7, "model.layers.0.mlp.up_proj.weight", 2, j) for j in range(300)]
+    start = (1 << 32) - 5
+    assert st.bits(start, 10).tolist() == [naive.mask_hash(7, "model.layers.0.mlp.up_proj.weight", 2, j)
+                                           for j in range(start, start + 10)]
+    assert MaskStream(0, "t", 1).bits(0, 4).tolist() == [naive.mask_hash(0, "t", 1, j) for j in range(4)] \
+        == PINNED
+    # keep iff (hash >> 8) < p * 2^24, exactly
+    assert st.uniform24(0, 300).tolist() == [float(h >> 8) for h in got]
+    for p in (0.0, 1e-9, 0.3, 0.5, 1 - 1e-12, 1.0):
+        assert st.keep(0, 300, p).tolist() == [(h >> 8) < p * 2**24 for h in got]
+        assert (threshold(p) - 1 < p * 2**24 <= threshold(p)) or p in (0.0, 1.0)
+
+
+PINNED = [1389941841, 2961399541, 1348021185, 2784069575]
+
+
+def test_masks_do_not_depend_on_how_they_are_cut():
+    st = mask_stream(3, "x", 0)
+    whole = st.keep(0, 100_000, 0.4)
+    pieces = torch.cat([st.keep(s, min(7_777, 100_000 - s), 0.4) for s in range(0, 100_000, 7_777)])
+    assert torch.equal(whole, pieces)
+    assert torch.equal(st.mask((250, 400), 0.4).reshape(-1), whole)
+
+
+def test_masks_look_like_independent_coin_flips():
+    n = 1 << 20
+    a = mask_stream(0, "model.embed_tokens.weight", 0).keep(0, n, 0.5)
+    b = mask_stream(0, "model.embed_tokens.weight", 1).keep(0, n, 0.5)
+    sd = (0.25 / n) ** 0.5
+    for m in (a, b):
+        assert abs(m.double().mean().item() - 0.5) < 5 * sd
+        assert abs((m[1:] & m[:-1]).double().mean().item() - 0.25) < 5 * 2 * sd        # neighbours
+        assert abs((m[256:] & m[:-256]).double().mean().item() - 0.25) < 5 * 2 * sd    # rows apart
+    assert abs((a & b).double().mean().item() - 0.25) < 5 * 2 * sd                       # two inputs
+    for p in (0.05, 0.9):
+        frac = mask_stream(1, "t", 0).keep(0, n, p).double().mean().item()
+        assert abs(frac - p) < 5 * (p * (1 - p) / n) ** 0.5
 
 
 def test_dare_ties_equals_ties_combination_of_dare_masks():
@@ -109,16 +156,53 @@ def test_dare_ties_equals_ties_combination_of_dare_masks():
     base = rs.randn(40)
     xs = [base + rs.randn(40) for _ in range(2)]
     w, dens = [0.7, 0.4], [0.5, 0.6]
-    ours = run("dare_ties", [base, *xs], base=0, seed=9,
-               inputs=[{}] + [{"weight": a, "density": b} for a, b in zip(w, dens)])
-    deltas = [sp.bernoulli(torch.tensor(x - base), p, tensor_generator(9, "t", i + 1)).numpy()
-              for i, (x, p) in enumerate(zip(xs, dens))]
+    inputs = [{}] + [{"weight": a, "density": b} for a, b in zip(w, dens)]
+    ours = run("dare_ties", [base, *xs], base=0, seed=9, inputs=inputs)
+    deltas = [naive.dare(x - base, p, 9, "t", i + 1) for i, (x, p) in enumerate(zip(xs, dens))]
     ref = naive.combine(base, deltas, w, consensus=True, normalize=False)
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-12, atol=1e-12)
-    lin = run("dare_linear", [base, *xs], base=0, seed=9,
-              inputs=[{}] + [{"weight": a, "density": b} for a, b in zip(w, dens)])
+    lin = run("dare_linear", [base, *xs], base=0, seed=9, inputs=inputs)
     np.testing.assert_allclose(lin.numpy(), naive.combine(base, deltas, w, consensus=False, normalize=False),
                                rtol=1e-12, atol=1e-12)
+    paper = run("dare_ties", [base, *xs], base=0, seed=9, inputs=inputs, params={"rescale": "density", "normalize": True})
+    deltas = [naive.dare(x - base, p, 9, "t", i + 1, rescale="density") for i, (x, p) in enumerate(zip(xs, dens))]
+    np.testing.assert_allclose(paper.numpy(), naive.combine(base, deltas, w, consensus=True, normalize=True),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rescale", ["l1", "density"])
+def test_della_matches_naive(rescale):
+    rs = np.random.RandomState(4)
+    base = rs.randn(5, 9)
+    xs = [base + rs.randn(5, 9) for _ in range(3)]
+    w, dens, eps = [0.7, 0.4, 1.1], [0.5, 0.3, 0.6], [0.1, 0.2, 0.15]
+    inputs = [{"weight": a, "density": b, "epsilon": e} for a, b, e in zip(w, dens, eps)] + [{}]
+    for method, consensus, normalize in (("della", True, True), ("della_linear", False, False)):
+        ours = run(method, [*xs, base], base=3, seed=2, inputs=inputs, params={"rescale": rescale})
+        deltas = [naive.della(x - base, p, e, 2, "t", i, rescale) for i, (x, p, e) in enumerate(zip(xs, dens, eps))]
+        np.testing.assert_allclose(ours.numpy(), naive.combine(base, deltas, w, consensus=consensus,
+                                                               normalize=normalize), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs", "task_arithmetic"])
+def test_fused_kernel_ignores_chunking_in_its_masks_and_sums_exactly(method):
+    """Chunk by chunk or whole, the fused kernel gives the same result (up to the rounding of the L1
+    norms' partial sums), and it never writes into the task vectors."""
+    from evollm.kernels.taskvec import merge_task_vectors
+    m = get_method(method)
+    g = {p.name: p.default for p in m.params if p.scope == "global"}
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(300, 257, dtype=torch.float64, generator=gen)
+    deltas = [torch.randn(300, 257, dtype=torch.float64, generator=gen) for _ in range(3)]
+    copies = [d.clone() for d in deltas]
+    inputs = [{"weight": w, "density": dd, "gamma": 0.01} for w, dd in ((0.5, 0.3), (1.0, 0.7), (0.8, 1.0))]
+    streams = [mask_stream(0, "t", i) for i in range(3)]
+    tv = m.task_vectors
+    outs = [merge_task_vectors(base, deltas, inputs, g, streams, sparsify=tv.sparsify, consensus=tv.consensus,
+                               chunk=c) for c in (1 << 10, 4099, base.numel())]
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], rtol=1e-13, atol=1e-13)
+    assert all(torch.equal(a, b) for a, b in zip(deltas, copies))
 
 
 def test_slerp_ends_orthogonal_and_parallel_fallback():
@@ -162,23 +246,22 @@ def test_della_keep_probabilities_follow_magnitude_rank():
     row = torch.arange(1, 11, dtype=torch.float64)          # magnitudes ranked 0..9
     trials = 4000
     kept = torch.zeros(10, dtype=torch.float64)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(trials):
-        kept += (sp.della_magprune(row, 0.5, 0.2, g, rescale=None) != 0).double()
+    for trial in range(trials):          # one stream per trial (a stream's mask is fixed)
+        kept += (sp.della_magprune(row, 0.5, 0.2, mask_stream(trial, "row", 0), rescale=None) != 0).double()
     freq = kept / trials
     expected = 0.3 + torch.arange(10, dtype=torch.float64) / 9 * 0.4   # 0.3 .. 0.7
     assert torch.allclose(freq, expected, atol=0.04), freq
     # DELLA paper rescale (1/p): unbiased
-    g = torch.Generator().manual_seed(1)
-    mean = sum(sp.della_magprune(row, 0.5, 0.2, g, rescale="density") for _ in range(trials)) / trials
+    mean = sum(sp.della_magprune(row, 0.5, 0.2, mask_stream(trial, "row", 1), rescale="density")
+               for trial in range(trials)) / trials
     assert torch.allclose(mean, row, rtol=0.08)
     with pytest.raises(ValueError, match="density \\+/- epsilon"):
-        sp.della_magprune(row, 0.9, 0.15, g)
+        sp.della_magprune(row, 0.9, 0.15, mask_stream(0, "row", 0))
     # ranks are per row of a matrix
     m = torch.tensor([[1.0, 100.0], [100.0, 1.0]])
     probs_seen = torch.zeros(2, 2)
-    for _ in range(2000):
-        probs_seen += (sp.della_magprune(m, 0.5, 0.4, g, rescale=None) != 0).float()
+    for trial in range(2000):
+        probs_seen += (sp.della_magprune(m, 0.5, 0.4, mask_stream(trial, "m", 0), rescale=None) != 0).float()
     assert probs_seen[0, 1] > probs_seen[0, 0] * 4 and probs_seen[1, 0] > probs_seen[1, 1] * 4
 
 
@@ -198,6 +281,28 @@ def test_passthrough_scale():
     m = get_method("passthrough")
     assert m.fn([x], None, {}, [{"scale": None}]) is x
     assert m.fn([x], None, {}, [{"scale": 0.5}]).tolist() == [0.5, -1.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_masks_are_the_cpu_masks():
+    """Counter-based masks are exact integer arithmetic: identical on CUDA and the CPU, whole or in
+    CUDA-sized chunks; DARE merges agree to float rounding."""
+    st = mask_stream(11, "model.layers.3.self_attn.q_proj.weight", 1)
+    n = (1 << 22) + 12345
+    for p in (0.3, 0.77):
+        assert torch.equal(st.keep(0, n, p, "cuda").cpu(), st.keep(0, n, p))
+    assert torch.equal(st.bits((1 << 32) - 9, 20, "cuda").cpu(), st.bits((1 << 32) - 9, 20))
+    rs = np.random.RandomState(0)
+    base = torch.tensor(rs.randn(512, 300), dtype=torch.float32)
+    xs = [base + torch.tensor(rs.randn(512, 300), dtype=torch.float32) for _ in range(3)]
+    m = get_method("dare_ties")
+    g = {p.name: p.default for p in m.params if p.scope == "global"}
+    inp = [{"weight": 0.5, "density": 0.3}, {"weight": 1.0, "density": 0.6}, {"weight": 0.7, "density": 0.9}, {}]
+    rng = lambda i: mask_stream(0, "t", i)  # noqa: E731
+    cpu = m.fn([*xs, base], 3, g, inp, rng)
+    gpu = m.fn([t.cuda() for t in (*xs, base)], 3, g, inp, rng).cpu()
+    torch.testing.assert_close(cpu, gpu)
+    assert torch.equal(cpu == base, gpu == base)          # the same entries dropped everywhere
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -239,6 +344,6 @@ def test_kth_smallest_is_exact_on_large_tensors(kind):
 
 def test_della_single_column_rows_use_the_lowest_probability():
     col = torch.ones(4000, 1)
-    kept = sp.della_magprune(col, 0.5, 0.2, torch.Generator().manual_seed(0), rescale=None)
+    kept = sp.della_magprune(col, 0.5, 0.2, mask_stream(0, "col", 0), rescale=None)
     assert kept.shape == col.shape
     assert abs((kept != 0).float().mean().item() - 0.3) < 0.03     # density - epsilon

@@ -105,6 +105,26 @@ def test_ties_full_model_matches_naive_with_gradient_and_filter(fam, tmp_path):
         np.testing.assert_allclose(merged[name].double().numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_dare_ties_full_model_matches_naive_masks_with_gradient_and_filter(fam, tmp_path):
+    """The exported DARE masks are the counter-based ones of docs/design.md, recomputed independently in
+    naive.py from (seed, tensor name, input position, entry index): the sources in recipe order, then
+    the base."""
+    b, x, y = fam
+    recipe = {"merge_method": "dare_ties", "base_model": b, "models": [
+        {"model": x, "parameters": {"weight": 0.6, "density": [0.2, 0.8]}},
+        {"model": y, "parameters": {"weight": [{"filter": "mlp", "value": 0.9}, {"value": 0.3}], "density": 0.5}}]}
+    code, out = merge(tmp_path, recipe, "--seed", "5")
+    assert code == 0
+    merged, sb, sx, sy = state(out), state(b), state(x), state(y)
+    for name in ["model.layers.1.mlp.up_proj.weight", "model.layers.3.self_attn.o_proj.weight", "model.norm.weight"]:
+        t = int(name.split(".")[2]) / 3 if ".layers." in name else 0.0
+        base = sb[name].double().numpy()
+        deltas = [naive.dare(sx[name].double().numpy() - base, 0.2 + 0.6 * t, 5, name, 0),
+                  naive.dare(sy[name].double().numpy() - base, 0.5, 5, name, 1)]
+        ref = naive.combine(base, deltas, [0.6, 0.9 if "mlp" in name else 0.3], consensus=True, normalize=False)
+        np.testing.assert_allclose(merged[name].double().numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_passthrough_takes_the_right_layers(fam, tmp_path):
     b, x, _ = fam
     code, out = merge(tmp_path, {"merge_method": "passthrough", **RECIPES["passthrough"](*fam)})

@@ -164,7 +164,7 @@ def test_a_failing_candidate_gets_the_worst_score_and_the_run_goes_on(tmp_path, 
     from evollm.engine.memory import InMemoryMerger
     from evollm.search.run import read_candidates, run
     calls = {"n": 0}
-    real = InMemoryMerger.merge
+    real = InMemoryMerger.merge_recipe             # the workbench merges each candidate's recipe
 
     def flaky(self, *a, **k):
         calls["n"] += 1
@@ -176,7 +176,7 @@ def test_a_failing_candidate_gets_the_worst_score_and_the_run_goes_on(tmp_path, 
             raise ValueError("merged weights contain NaN (simulated)")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(InMemoryMerger, "merge", flaky)
+    monkeypatch.setattr(InMemoryMerger, "merge_recipe", flaky)
     d = tiny_run_config(budget=8)
     d["report"] = {"sources": False, "baselines": False}
     logs = []

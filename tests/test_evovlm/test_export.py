@@ -118,6 +118,45 @@ def test_plain_merge_changes_only_the_language_tower(tmp_path, kind):
         json.loads((tmp_path / "vlm" / "config.json").read_text())
 
 
+@pytest.mark.parametrize("method,per", [
+    ("dare_ties", ({"weight": 0.8, "density": 0.6}, {"weight": [0.5, 1.0], "density": 0.4})),
+    ("ties", ({"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": [{"filter": "mlp", "value": 0.3}, {"value": 0.6}]}))])
+def test_in_memory_vlm_candidate_equals_its_export(tmp_path, method, per):
+    """A VLM search's candidate (merged into views of the VLM's language tower, vocabulary rows
+    included) is what `evovlm merge` exports for the same recipe and seed: same plan, same streams."""
+    from transformers import LlavaForConditionalGeneration
+
+    from evollm.engine.memory import InMemoryMerger
+    from evollm.search.workbench import read_state
+    from evovlm.search import tower_targets
+    vlm_family(tmp_path)
+    refs = {"vlm": str(tmp_path / "vlm"), "ja": str(tmp_path / "ja")}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "merge_method": method, "base_model": str(tmp_path / "base"), "dtype": "float32", "out_dtype": "float32",
+        "models": [{"model": refs[n], "parameters": p} for n, p in zip(("vlm", "ja"), per)]}))
+    merge_vlm(load_recipe(recipe), tmp_path / "out", seed=5, log=lambda *a: None)
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+
+    vlm = LlavaForConditionalGeneration.from_pretrained(tmp_path / "vlm", dtype=torch.float32)
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    targets = tower_targets(vlm, VOCAB_LM)
+    shapes = {k: tuple(t.shape) for k, t in targets.items()}
+    sources = {"vlm": read_state(refs["vlm"], shapes, TowerView(Checkpoint(tmp_path / "vlm"), VOCAB_LM)),
+               "ja": read_state(refs["ja"], shapes)}
+    merger = InMemoryMerger(vlm, read_state(str(tmp_path / "base"), shapes), sources, targets=targets,
+                            refs=refs, base_ref=str(tmp_path / "base"))
+    merger.merge_recipe(load_recipe(recipe), seed=5)
+    after = vlm.state_dict()
+    mine, theirs = tower_names(after), tower_names(exported)     # module layout vs the saved layout
+    assert set(mine) == set(theirs) == set(targets)
+    for k in mine:
+        assert torch.equal(after[mine[k]], exported[theirs[k]]), k
+    assert all(torch.equal(v, before[k]) for k, v in after.items() if lm_name(k) is None)  # vision side untouched
+    emb = mine["model.embed_tokens.weight"]
+    assert torch.equal(after[emb][VOCAB_LM:], before[emb][VOCAB_LM:])   # the VLM's extra rows kept
+
+
 def test_merged_vlm_reloads_and_generates_from_an_image(tmp_path):
     from PIL import Image
     from transformers import LlavaForConditionalGeneration
