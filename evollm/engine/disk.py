@@ -22,8 +22,13 @@ from ..hub import resolve_model
 from ..kernels.methods import MergeMethod
 from ..recipe import Recipe
 from .execute import CheckpointInputs, merge_task
-from .plan import (LAYER_RE, SHAPE_KEYS, MergeError, Skeleton, TensorTask, decoder_layers,  # noqa: F401
+from .plan import (LAYER_RE, SHAPE_KEYS, MergeError, Skeleton, TensorTask, decoder_layers,
                    layer_position, layer_prefix, plan_merge, text_config)
+
+#: the planner's names are still importable from here (they lived here before plan.py)
+__all__ = ["LAYER_RE", "SHAPE_KEYS", "MergeError", "Skeleton", "TensorTask", "check_device", "decoder_layers",
+           "layer_position", "layer_prefix", "merge_tensor", "open_models", "plan_merge", "run_merge",
+           "text_config", "tokenizer_folder"]
 
 
 def _recipe_dir(recipe: Recipe) -> Optional[Path]:

@@ -42,18 +42,6 @@ class MergeError(ValueError):
     """The sources cannot be merged as the recipe asks; the message names tensor and models."""
 
 
-@dataclass
-class TensorTask:
-    name: str                          # output tensor name
-    inputs: List[Tuple[str, str]]      # (model reference, tensor name in that model)
-    base: Optional[int]                # index into inputs of the base model
-    params: dict                       # resolved global parameters
-    per_input: List[dict]              # resolved per-model parameters, aligned with inputs
-    shape: Tuple[int, ...]
-    work_dtype: torch.dtype
-    out_dtype: torch.dtype
-
-
 def text_config(cfg: dict) -> dict:
     return cfg.get("text_config") or cfg
 

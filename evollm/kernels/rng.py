@@ -35,12 +35,6 @@ MIX1, MIX2 = 0x21F0AAAD, 0x735A2D97          # both < 2^31: x * MIX < 2^63 for a
 TWO24 = float(1 << 24)
 
 
-def derive_seed(*parts) -> int:
-    """63 bits of SHA-256 over the parts (used where a torch.Generator seed is wanted)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 @lru_cache(maxsize=1 << 16)
 def _affine(seed: int, candidate: int, tensor: str, index: int, block: int):
     digest = hashlib.sha256("\x1f".join(map(str, (seed, candidate, tensor, index, block))).encode()).digest()

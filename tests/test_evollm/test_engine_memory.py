@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from evollm.cli import main
 from evollm.engine.disk import MergeError
 from evollm.engine.memory import InMemoryMerger
+from evollm.recipe import load_recipe
 from evollm.search.space import ParamSpace
 from helpers import family
 
@@ -117,17 +118,33 @@ def test_a_search_candidate_is_its_exported_recipe(tmp_path, fams):
 
 
 def test_other_methods_need_the_sources(tmp_path, fams):
+    """Methods outside the task-vector family (model_stock, linear with the base as one more input,
+    slerp) merge in memory from held sources, equal to their exports."""
     paths = fams["float32"]
     sd = state(paths)
-    exported = export(tmp_path, paths[0], {"ft0": paths[1], "ft1": paths[2]}, "model_stock",
-                      {"ft0": {}, "ft1": {}}, {})
+    refs = {"ft0": paths[1], "ft1": paths[2]}
     model = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32)
     with_tv = InMemoryMerger(model, sd["base"], {"ft0": sd["ft0"], "ft1": sd["ft1"]})
     with pytest.raises(MergeError, match="holds task vectors"):
         with_tv.merge("model_stock", {}, {})
-    merger = InMemoryMerger(model, sd["base"], {"ft0": sd["ft0"], "ft1": sd["ft1"]}, task_vectors=False)
-    merged = merger.merge("model_stock", {}, {})
-    assert all(torch.equal(v, exported[k]) for k, v in merged.state_dict().items())
+    merger = InMemoryMerger(model, sd["base"], {"ft0": sd["ft0"], "ft1": sd["ft1"]}, task_vectors=False,
+                            refs=refs, base_ref=paths[0])
+    one = InMemoryMerger(model, sd["base"], {"ft0": sd["ft0"]}, task_vectors=False, refs=refs, base_ref=paths[0])
+    recipes = {
+        "model_stock": (merger, {"merge_method": "model_stock", "base_model": paths[0],
+                                 "models": [{"model": paths[1]}, {"model": paths[2]}]}),
+        "linear": (merger, {"merge_method": "linear", "models": [
+            {"model": paths[1], "parameters": {"weight": 0.3}}, {"model": paths[0], "parameters": {"weight": 0.5}},
+            {"model": paths[2], "parameters": {"weight": [0.2, 0.9]}}]}),
+        "slerp": (one, {"merge_method": "slerp", "base_model": paths[0], "models": [{"model": paths[1]}],
+                        "parameters": {"t": [0.0, 0.5, 1.0]}}),
+    }
+    for name, (m, r) in recipes.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(r))
+        assert main(["merge", "--recipe", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name), "--quiet"]) == 0
+        exported = load_file(str(tmp_path / name / "model.safetensors"))
+        merged = m.merge_recipe(load_recipe(tmp_path / f"{name}.yaml"))
+        assert all(torch.equal(v, exported[k]) for k, v in merged.state_dict().items()), name
 
 
 def test_errors_name_the_tensor_and_model(fams):
