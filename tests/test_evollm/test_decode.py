@@ -119,6 +119,14 @@ def test_generate_uses_the_new_path_for_greedy_requests(world, tok, monkeypatch)
     assert calls and out == generate_static(world["ja"], tok, prompts, max_new_tokens=16, stops=IMPROVED_STOPS)
 
 
+def test_no_prompts_and_a_progress_bar(world, tok, capsys):
+    assert generate(world["ja"], tok, [], max_new_tokens=8) == []
+    prompts = mgsm.prompts(fitness_rows(3))
+    assert generate(world["ja"], tok, prompts, max_new_tokens=8, batch_size=2, progress=True) == \
+        generate_static(world["ja"], tok, prompts, max_new_tokens=8)
+    assert "3/3" in capsys.readouterr().err
+
+
 def test_other_requests_fall_back_to_hf_generate(world, tok, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the new path was used")
