@@ -1,15 +1,17 @@
 """The paper's scale on one device: 7B-shaped random models (Mistral-7B-v0.1's config) built directly on
 the device, and one table with ratios measured in the same run.
 
-Rows: the memory plan and resident memory under an emulated 80 GB card
-(`torch.cuda.set_per_process_memory_fraction`) and under the whole card; the candidate merge
-(DARE-TIES, 3 sources) against its bandwidth floor (bytes the merge must move / the copy bandwidth
-measured here); greedy decoding at batch 1, 64 and 256 against its floor (weights + KV read per step /
-bandwidth), against today's static-batch path (HF `generate`, batches run to their longest row) and HF
-`generate` one prompt at a time; a fitness pass of the paper's shape (1069 prompts of 150-300 tokens,
-answer lengths forced from a seeded distribution with median ~200 and a tail to 1024, since random
-weights do not stop) and the projected wall time of the 1000-candidate PS run. What is projected
-rather than measured is marked so.
+Rows: the memory plan under the whole card and under an emulated 80 GB card; the candidate merge
+(DARE-TIES, 3 sources) with the sources on the device, against its bandwidth floor (bytes the merge
+must move / the copy bandwidth measured here), then (CUDA) again under the emulated card
+(`torch.cuda.set_per_process_memory_fraction`) with the sources where its plan puts them (pinned host
+memory, streamed per merge); greedy decoding at batch 1, 64 and 256 against its floor (weights + KV
+read per step / bandwidth), against today's static-batch path (HF `generate`, batches run to their
+longest row) and HF `generate` one prompt at a time; a fitness pass of the paper's shape (1069 prompts
+of 150-300 tokens, answer lengths forced from a seeded distribution with median ~200 and a tail to 1024,
+since random weights do not stop); the peak device memory of everything run under the emulated card's
+cap; the projected wall time of the 1000-candidate PS run. What is projected rather than measured is
+marked so.
 
     python benchmarks/scale.py --shape 7b --device cuda --out benchmarks/scale_h200.md
     python benchmarks/scale.py --shape tiny --device cpu          # the same code at a tiny shape (a test runs it)
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
         add(f"memory plan, {label}", p.describe(), "", "planned")
     plan = plans["whole device"]
 
-    # -- candidate merge: DARE-TIES over 3 sources (task vectors of small noise)
+    # -- candidate merge: DARE-TIES over 3 sources (task vectors of small noise), all on the device
     g = torch.Generator(device=dev).manual_seed(1)
     state = {k: v.detach() for k, v in base.state_dict().items()}
     sources = {}
@@ -178,12 +180,32 @@ def main(argv=None) -> int:
     merge_s, _ = timed(lambda: merger.merge("dare_ties", {}, per, seed=0), dev, repeat=2)
     moved = (4 * n_params * esize) + n_params * esize           # read base + 3 inputs, write the candidate
     floor = moved / bw
-    add("candidate merge, DARE-TIES, 3 sources", f"{merge_s:.2f} s", f"{merge_s / floor:.1f}x floor "
+    add("candidate merge, DARE-TIES, 3 sources on the device", f"{merge_s:.2f} s", f"{merge_s / floor:.1f}x floor "
         f"({human(moved)} / bandwidth = {floor:.2f} s)", "measured")
     if dev.startswith("cuda"):
-        add("resident memory after the merge", human(torch.cuda.max_memory_allocated()), "", "measured")
-    del sources
+        add("peak device memory, sources on the device", human(torch.cuda.max_memory_allocated()), "", "measured")
 
+    # -- the emulated smaller card: sources in pinned host memory, streamed per merge (the plan's "host")
+    merge_small = None
+    if dev.startswith("cuda"):
+        label = f"emulated {args.emulate}"
+        small = plans[label]
+        host = {}
+        for n, src in list(sources.items()):          # pinned host copies, then the device copies freed
+            host[n] = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v) for k, v in src.items()}
+            del sources[n]
+        host_base = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v) for k, v in state.items()}
+        del merger, src
+        torch.cuda.empty_cache()
+        cap = parse_size(args.emulate)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / torch.cuda.get_device_properties(dev).total_memory))
+        torch.cuda.reset_peak_memory_stats()
+        merger = InMemoryMerger(base, host_base, host, dev, store_dtype=dtype,
+                                store_device="cpu" if small.sources_on == "host" else None)
+        merge_small, _ = timed(lambda: merger.merge("dare_ties", {}, per, seed=0), dev, repeat=2)
+        add(f"candidate merge, {label}, sources on {small.sources_on}", f"{merge_small:.2f} s",
+            f"{merge_small / floor:.1f}x the on-device floor", "measured")
+    del sources
     # -- decoding throughput
     weights = n_params * esize
     L, T = shape["prompt_len"][0], shape["decode_tokens"]
@@ -205,7 +227,7 @@ def main(argv=None) -> int:
     # -- the fitness pass of the paper's shape
     prompts, lengths = workload(shape)
     sub = args.subset or len(prompts)
-    slots = min(plan.batch, 256)
+    slots = min(plans.get(f"emulated {args.emulate}", plan).batch, 256)      # the smaller card's plan on CUDA
     t_new, toks = timed(lambda: new_path(base, prompts[:sub], lengths[:sub], slots), dev)
     old_n = min(len(prompts), 2 * OLD_BATCH) if sub < len(prompts) or args.shape == "7b" else len(prompts)
     t_old, _ = timed(lambda: hf_static(base, prompts[:old_n], lengths[:old_n], OLD_BATCH), dev)
@@ -217,10 +239,17 @@ def main(argv=None) -> int:
         f"({sum(lengths):,} tokens)", f"{new_pass:.1f} s (new, {slots} slots)",
         f"{old_pass / new_pass:.1f}x faster than today's ({old_pass:.1f} s, static batches of {OLD_BATCH})",
         f"{how_new}; today: {how_old}")
+    if dev.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated()
+        add(f"peak device memory since the {args.emulate} cap (merge, decode rows, fitness pass)", human(peak),
+            f"{'within' if peak <= parse_size(args.emulate) else 'OVER'} {args.emulate}; planned "
+            f"{human(plans[f'emulated {args.emulate}'].device_bytes)}", "measured")
+        torch.cuda.set_per_process_memory_fraction(1.0)
     n = shape["candidates"]
     hours = lambda per: n * per / 3600
-    add(f"PS run, {n} candidates (merge + fitness pass)", f"{hours(merge_s + new_pass):.1f} h (new)",
-        f"today's path: {hours(merge_s + old_pass):.1f} h", "projected from the rows above")
+    add(f"PS run, {n} candidates (merge + fitness pass)", f"{hours(merge_s + new_pass):.1f} h (new, whole device)",
+        (f"{hours(merge_small + new_pass):.1f} h with sources on host ({args.emulate}); " if merge_small else "")
+        + f"today's path: {hours(merge_s + old_pass):.1f} h", "projected from the rows above")
 
     head = (f"# The paper's scale ({args.shape} shape) on {dev}\n\nCommand: `python benchmarks/scale.py --shape "
             f"{args.shape} --device {dev}{f' --subset {args.subset}' if args.subset else ''}` "
