@@ -76,8 +76,11 @@ class ParamSpace:
         return self.recipe_of(self.per_model(x))
 
     def recipe_of(self, per: Dict[str, dict]) -> Recipe:
-        """The recipe of decoded per-model parameters (`per_model`'s output, as the log stores them)."""
-        return Recipe(merge_method=self.method, base_model=self.base_ref,
+        """The recipe of decoded per-model parameters (`per_model`'s output, as the log stores them). A
+        method that ignores the base (linear) merges the sources alone: the base is no input of it."""
+        from ..kernels import get_method
+        base = None if get_method(self.method).base == "ignored" else self.base_ref
+        return Recipe(merge_method=self.method, base_model=base,
                       models=[Source(self.refs[n], per[n]) for n in self.names],
                       parameters=dict(self.fixed), dtype=self.dtype, out_dtype=self.out_dtype)
 

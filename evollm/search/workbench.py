@@ -146,7 +146,10 @@ class PsWorkbench(Workbench):
             log(plan.describe())
             self.task.batch_size = plan.batch
         host = isinstance(plan, MemoryPlan) and plan.sources_on == "host"
+        from ..kernels import get_method
+        tv = None if get_method(self.space.method).task_vectors is not None else False    # else: hold the sources
         self.merger = InMemoryMerger(self.model, self.base, self.sources, cfg.device, store_dtype=self.dtype,
+                                     task_vectors=tv,
                                      targets=self.targets, refs=cfg.refs, base_ref=cfg.base_model,
                                      store_device="cpu" if host else None)
         return plan

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers import ROOT, absolute
 
@@ -155,6 +156,35 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
     other = dataclasses.replace(cfg, seed=1)
     with pytest.raises(C.ConfigError, match="seed"):
         run(other, out, resume=True, progress=False, log=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_a_search_over_linear_merges_the_sources_alone_as_its_export_does(tmp_path):
+    """linear ignores the base: candidates are the sources' weighted sum (no base input, the sources held
+    as they are, not as task vectors), every one scored, and the best's export equals it bit for bit."""
+    from safetensors.torch import load_file
+
+    from evollm.search.run import read_candidates, run
+    from evollm.search.workbench import open_workbench
+    d = tiny_run_config(budget=4)
+    d["search"].update(method="linear", fixed={"normalize": False},
+                       params={"weight": {"low": 0.0, "high": 1.0, "init": 0.5}})
+    cfg = C.load_config(write_config(tmp_path, d))
+    data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
+    assert all(r["error"] is None and r["score"] is not None for r in recs)
+    recipe = load_recipe(tmp_path / "run" / "best" / "recipe.yaml")
+    assert recipe.base_model is None and [s.parameters for s in recipe.models] == list(data["best"]["parameters"].values())
+    bench = open_workbench(cfg)
+    bench.ready(bench.task.rows(cfg.task.fitness, cfg.seed), log=lambda *a: None)
+    model = bench.candidate(data["best"]["parameters"])
+    exported = load_file(tmp_path / "run" / "best" / "model" / "model.safetensors")
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), exported[name]), name
+    w = {n: v["weight"] for n, v in data["best"]["parameters"].items()}
+    emb = "model.embed_tokens.weight"
+    by_hand = sum(w[n] * bench.sources[n][emb].float() for n in w)
+    assert torch.allclose(model.get_parameter(emb).detach(), by_hand, atol=1e-6)
 
 
 @pytest.mark.slow
