@@ -43,6 +43,11 @@ class MemoryPlan:
 
     def describe(self) -> str:
         from .fsutil import human
+        if not self.sources_bytes:          # DFS: the sources are the models, candidates share their layers
+            return (f"plan: models on {self.device} {human(self.candidate_bytes)} (candidates share their layers), "
+                    f"KV {human(self.kv_bytes)} ({human(self.kv_per_token)}/token x {self.max_tokens} tokens x "
+                    f"{self.batch} rows), batch {self.batch}; {human(self.device_bytes)} of {human(self.budget)} "
+                    f"on {self.device}")
         where = ("on host ({} pinned)" if self.sources_on == "host" and self.device != "cpu" else "on {1} ({0})")
         return (f"plan: sources {where.format(human(self.sources_bytes), self.device)}, candidate on {self.device} "
                 f"{human(self.candidate_bytes)}, KV {human(self.kv_bytes)} ({human(self.kv_per_token)}/token x "

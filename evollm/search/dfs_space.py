@@ -10,6 +10,7 @@ repetition on (0.75) and every other slot off (0.25), W at scale.init (the paper
 from __future__ import annotations
 
 import numpy as np
+import torch
 import yaml
 
 from ..dfs import Hop, build_dfs_model, path_from, save_dfs, slots
@@ -105,6 +106,19 @@ class DfsWorkbench(Workbench):
         models = {n: load_causal_lm(refs[n], dtype, self.device) for n in (self.a, self.b)}
         tok = batch_tokenizer(refs[self.a])
         return models, tok, (models[self.a].model.layers, models[self.b].model.layers)
+
+    def ready(self, rows, log=print):
+        """The memory plan: A and B stay on the device (a candidate references their layers, nothing is
+        copied); a token's KV cache holds one entry per hop of the longest path."""
+        from ..memplan import kv_bytes_per_token
+        a = self.models[self.a]
+        esize = torch.tensor([], dtype=self.dtype).element_size()
+        config = a.config.to_dict()
+        config = dict(config.get("text_config") or config, num_hidden_layers=self.space.T)   # a VLM: its decoder
+        return self.plan(rows, log, model_bytes=sum(p.numel() * p.element_size() for m in self.models.values()
+                                                    for p in m.parameters()),
+                         largest_tensor=0, n_inputs=0, store_bytes_per_param=0, model_params=0,
+                         kv_per_token=kv_bytes_per_token(config, esize))
 
     def candidate(self, params: dict):
         return build_dfs_model(self.models[self.a], self.models[self.b], self.space.hops_of(params))

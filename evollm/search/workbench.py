@@ -67,9 +67,23 @@ class Workbench:
         self.task = task_class(self.cfg.task.name)(self.cfg.task, processor)
 
     def ready(self, rows, log=print):
-        """Called once the fitness rows are loaded, before the first candidate (the PS workbench plans
-        its memory here)."""
+        """Called once the fitness rows are loaded, before the first candidate (workbenches plan their
+        memory here)."""
         return None
+
+    def plan(self, rows, log, **shapes):
+        """The memory plan (`memplan.plan_memory` of `shapes`) for these fitness rows, logged, and the
+        task's decoding batch capped by it; None for a task that does not say its prompts' lengths."""
+        from ..memplan import device_budget, plan_memory
+        longest = getattr(self.task, "longest_prompt", None)
+        if longest is None:
+            return None
+        cfg = self.cfg
+        plan = plan_memory(device=cfg.device, budget=device_budget(cfg.device, cfg.device_memory),
+                           max_tokens=longest(rows) + cfg.task.max_new_tokens, batch=self.task.batch_size, **shapes)
+        log(plan.describe())
+        self.task.batch_size = plan.batch
+        return plan
 
     # -- what each workbench defines
     def candidate(self, params: dict):
@@ -129,23 +143,14 @@ class PsWorkbench(Workbench):
     def ready(self, rows, log=print):
         """The memory plan for these fitness rows (logged), then the in-memory merger over the sources
         held where it says, and the task's decoding batch no larger than what fits."""
-        from ..memplan import MemoryPlan, device_budget, kv_bytes_per_token, plan_memory
-        cfg, plan = self.cfg, None
-        longest = getattr(self.task, "longest_prompt", None)
-        if longest is not None:
-            params = list(self.targets.values())
-            esize = torch.tensor([], dtype=self.dtype).element_size()
-            plan = plan_memory(
-                device=cfg.device, budget=device_budget(cfg.device, cfg.device_memory),
-                model_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
-                largest_tensor=max(p.numel() for p in params), n_inputs=len(self.sources) + 1,
-                store_bytes_per_param=esize,
-                model_params=sum(p.numel() for p in params),
-                kv_per_token=kv_bytes_per_token(self.model.config.to_dict(), esize),
-                max_tokens=longest(rows) + cfg.task.max_new_tokens, batch=self.task.batch_size)
-            log(plan.describe())
-            self.task.batch_size = plan.batch
-        host = isinstance(plan, MemoryPlan) and plan.sources_on == "host"
+        from ..memplan import kv_bytes_per_token
+        cfg, params = self.cfg, list(self.targets.values())
+        esize = torch.tensor([], dtype=self.dtype).element_size()
+        plan = self.plan(rows, log, model_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
+                         largest_tensor=max(p.numel() for p in params), n_inputs=len(self.sources) + 1,
+                         store_bytes_per_param=esize, model_params=sum(p.numel() for p in params),
+                         kv_per_token=kv_bytes_per_token(self.model.config.to_dict(), esize))
+        host = plan is not None and plan.sources_on == "host"
         from ..kernels import get_method
         tv = None if get_method(self.space.method).task_vectors is not None else False    # else: hold the sources
         self.merger = InMemoryMerger(self.model, self.base, self.sources, cfg.device, store_dtype=self.dtype,

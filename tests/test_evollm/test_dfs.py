@@ -101,8 +101,11 @@ def test_dfs_run_exports_a_plain_checkpoint_and_resumes(tmp_path, monkeypatch):
     from evollm.search.dfs_space import DfsWorkbench
     from evollm.search.run import read_candidates, run
     cfg = small(tmp_path, "world-ja-math-dfs")
-    data = run(cfg, tmp_path / "a", progress=False, log=lambda *a: None)
+    logged = []
+    data = run(cfg, tmp_path / "a", progress=False, log=lambda *a: logged.append(" ".join(map(str, a))))
     out = tmp_path / "a"
+    plan = [line for line in logged if line.startswith("plan: models on cpu")]     # A and B, KV per hop
+    assert len(plan) == 1 and "(candidates share their layers)" in plan[0], logged
     for f in ("best/recipe.yaml", "best/model/config.json", "path.png", "report.md", "checkpoint.pkl"):
         assert (out / f).exists(), f
     recs = read_candidates(out / "candidates.jsonl")

@@ -51,6 +51,16 @@ def test_on_the_cpu_sources_stay_in_the_one_memory():
         paper(int(parse_size("24GB")), device="cpu")
 
 
+def test_a_dfs_plan_holds_both_models_and_a_kv_entry_per_hop():
+    """The paper's DFS shape: two 7B models on the device, paths of 2 x 64 slots (KV per hop)."""
+    hops = dict(MISTRAL, num_hidden_layers=128)
+    p = plan_memory(device="cuda:0", budget=int(parse_size("80GB") * 0.92), model_bytes=2 * 2 * PARAMS,
+                    largest_tensor=0, n_inputs=0, store_bytes_per_param=0, model_params=0,
+                    kv_per_token=kv_bytes_per_token(hops, 2), max_tokens=300 + 1024, batch=256)
+    assert p.kv_per_token == 4 * 128 * 1024 and p.device_bytes <= p.budget and 16 <= p.batch < 256
+    assert p.describe().startswith("plan: models on cuda:0 29.0 GB (candidates share their layers), KV")
+
+
 @pytest.mark.parametrize("text, n", [("80GB", 80 * 10**9), ("1.5GiB", int(1.5 * 2**30)), ("500 MB", 5 * 10**8),
                                      (1234, 1234)])
 def test_sizes(text, n):
