@@ -32,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--force, and only once the new one is complete) or the run folder (default "
                    "runs/NAME-TIMESTAMP; an existing run is continued only with --resume, never overwritten)")
     m.add_argument("--resume", action="store_true", help="continue the run folder given by --out")
-    m.add_argument("--device", default="cpu", help="where tensors are merged: cpu or cuda (default cpu)")
-    m.add_argument("--seed", type=int, default=0, help="seed of the random masks (DARE, DELLA)")
+    m.add_argument("--device", help="where tensors are merged: cpu or cuda (default: cpu; --config: the config's "
+                   "`device`)")
+    m.add_argument("--seed", type=int, help="seed of the random masks (DARE, DELLA) (default: 0; --config: the "
+                   "config's `seed`, which also seeds the search)")
     m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
     m.add_argument("--allow-pickle", action="store_true",
                    help="also read pickled .bin weights (with torch.load(weights_only=True))")
@@ -98,9 +100,13 @@ def cmd_evolve(args, default_config: str = "world-ja-math.yaml", prog: str = "ev
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run folder to continue)")
     from .checkout import checkout_file
+    overrides = {k: getattr(args, k) for k in ("device", "seed") if getattr(args, k, None) is not None}
     if args.config or not args.resume:
         cfg = load_config(args.config or checkout_file("configs", default_config, what="no --config given, and the "
-                                                      "default run config"))
+                                                      "default run config"), overrides)
+    elif overrides:
+        raise ValueError(f"--resume without --config continues the run folder's own config; "
+                         f"{', '.join('--' + k for k in overrides)} would change it")
     else:
         cfg = None
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -193,7 +199,7 @@ def cmd_merge_recipe(args) -> int:
     from .engine.disk import run_merge
     from .recipe import load_recipe
     recipe = load_recipe(args.recipe)
-    s = run_merge(recipe, args.out, device=args.device, seed=args.seed, force=args.force,
+    s = run_merge(recipe, args.out, device=args.device or "cpu", seed=args.seed or 0, force=args.force,
                   allow_pickle=args.allow_pickle, shard_bytes=args.shard_size, progress=not args.quiet)
     print(f"merged {s['tensors']} tensors ({s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s)) "
           f"from {s['models']} models with {recipe.merge_method} in {s['seconds']:.1f} s -> {s['out']}")

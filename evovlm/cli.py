@@ -29,7 +29,7 @@ def cmd_merge(args) -> int:
     from evollm.recipe import load_recipe
     from .export import merge_vlm
     recipe = load_recipe(args.recipe)
-    s = merge_vlm(recipe, args.out, device=args.device, seed=args.seed, force=args.force,
+    s = merge_vlm(recipe, args.out, device=args.device or "cpu", seed=args.seed or 0, force=args.force,
                   allow_pickle=args.allow_pickle, shard_bytes=args.shard_size)
     print(f"merged {s['merged']} language-tower tensors of {s['vlm']} ({s['tensors']} tensors in all, the rest "
           f"copied) with {recipe.merge_method} in {s['seconds']:.1f} s -> {s['out']}")
@@ -91,8 +91,9 @@ def main(argv=None) -> int:
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.add_argument("--out", help="output folder (--recipe; written atomically, never over an existing one "
                    "without --force) or run folder (default runs/NAME-TIMESTAMP)")
-    m.add_argument("--device", default="cpu")
-    m.add_argument("--seed", type=int, default=0, help="seed of the random masks (DARE, DELLA)")
+    m.add_argument("--device", help="cpu or cuda (default: cpu; --config: the config's `device`)")
+    m.add_argument("--seed", type=int, help="seed of the random masks (DARE, DELLA) (default: 0; --config: the "
+                   "config's `seed`)")
     m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
     m.add_argument("--allow-pickle", action="store_true")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"))

@@ -393,11 +393,16 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
     return RunConfig.from_dict(cfg)
 
 
-def load_config(path) -> RunConfig:
-    """Read RUN.yaml."""
+def load_config(path, overrides: dict = None) -> RunConfig:
+    """Read RUN.yaml; `overrides` (top-level fields, e.g. the command line's device and seed) replace
+    the file's before validation."""
     from ..recipe import read_yaml
     path = Path(path)
-    return parse_config(read_yaml(path, "config", ConfigError), str(path), path.resolve().parent)
+    data, origin = read_yaml(path, "config", ConfigError), str(path)
+    if overrides and isinstance(data, (dict, type(None))):       # anything else: parse_config names it
+        data = {**(data or {}), **overrides}
+        origin += f" (with {', '.join(f'{k}: {v}' for k, v in overrides.items())} from the command line)"
+    return parse_config(data, origin, path.resolve().parent)
 
 
 def dump_config(cfg: RunConfig) -> str:

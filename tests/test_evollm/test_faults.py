@@ -285,3 +285,22 @@ def test_a_folder_that_is_not_a_run_is_never_used_as_one(tmp_path, capsys):
     assert (mine / "thesis.tex").read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
     assert main(["merge", "--out", str(mine), "--resume"]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_device_and_seed_on_the_command_line_replace_the_configs(tmp_path, capsys):
+    """`--config` with `--seed`/`--device`: the run uses them (its config.yaml says so); a bad value is
+    named with where it came from; `--resume` without `--config` refuses them (they would change the run)."""
+    from evollm.cli import main
+    run = tmp_path / "run"
+    assert main(["merge", "--config", str(config(tmp_path, budget=4)), "--seed", "7", "--device", "cpu",
+                 "--out", str(run), "--quiet"]) == 0
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["seed"] == 7 and stored["device"] == "cpu"
+    capsys.readouterr()
+    assert main(["merge", "--config", str(tmp_path / "RUN.yaml"), "--device", "tpu", "--out",
+                 str(tmp_path / "other"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "RUN.yaml (with device: tpu from the command line): `device`" in err and not (tmp_path / "other").exists()
+    assert main(["merge", "--out", str(run), "--resume", "--seed", "8", "--quiet"]) == 2
+    assert "--seed would change it" in capsys.readouterr().err
