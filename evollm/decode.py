@@ -39,8 +39,10 @@ import torch
 MIN_SHARED = 32
 #: the fixed cost of one prefill forward, in token computations (CPU; x16 elsewhere)
 PREFILL_FORWARD_COST = 64
-#: decoding steps the cache has room for before its window must move (the buffers then grow to twice
-#: the window where needed)
+#: decoding steps the cache has room for beyond the used window before the window must move: the
+#: buffers hold at most the longest row (prompt + new tokens) plus this many columns, so a memory plan
+#: of rows x (prompt + new tokens + GROW) columns holds (`memplan`); each move copies the window once
+#: per GROW steps, a small fraction of what the steps read
 GROW = 128
 #: model types whose decoder this path is tested on (plain causal attention, RoPE, `cache.update`)
 MODEL_TYPES = ("llama", "mistral")
@@ -306,7 +308,8 @@ def greedy(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size: 
     included), in the order given; see the module docstring. `batch_size`: the number of slots.
     `max_new_tokens`: one limit for all, or one per prompt (benchmarks force answer lengths this way).
     `refill`: prefill waiting prompts once this many slots are free (default batch_size // 8, at least
-    1). `stats`, if a dict, receives counters (forwards, tokens computed, seconds in forwards).
+    1). `stats`, if a dict, receives counters (forwards, tokens computed, seconds in forwards, the
+    cache's widest buffer in columns).
     Raises `Unsupported` before any model work if the model's sliding window is too short."""
     return _Decoder(model, tokenizer, stops, max_new_tokens, batch_size, refill, shared_prefix, stats).run(
         list(prompts), progress)
@@ -416,7 +419,7 @@ class _Decoder:
         self.last = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
         self.pos = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
         self.col = self.floor = self.longest    # the column the next step writes; all prompts fit left of it
-        self.cache.cap = self.col + min(2 * self.max_new, GROW)
+        self.cache.cap = self.stats["columns"] = self.col + min(2 * self.max_new, GROW)
         self.mask = torch.zeros(self.slots, self.cache.cap, dtype=torch.bool, device=self.device)
         while self.queue or self.rows:
             free = self.slots - len(self.rows)
@@ -538,15 +541,16 @@ class _Decoder:
 
     # -- memory
     def room(self, right, left=0):
-        """Make sure columns [col - left, col + right) exist, moving the used window [lo, col) (and
-        growing the buffers) when they do not."""
+        """Make sure columns [col - left, col + right) exist, moving the used window [lo, col) to the left
+        edge (and growing the buffers) when they do not. The window is never wider than the longest row,
+        so the buffers never exceed it + `right` + GROW columns."""
         cap = self.cache.cap
         if self.col - left >= 0 and self.col + right <= cap:
             return
         lo = min((r.start for r in self.rows), default=self.col)
         w = self.col - lo
         new_col = max(w, left, max((len(self.ids[i]) for i in self.queue), default=0))
-        new_cap = max(cap, new_col + right + max(min(2 * self.max_new, GROW), w))
+        new_cap = max(cap, new_col + right + min(2 * self.max_new, GROW))
         n = len(self.rows)
         for store in (self.cache.k, self.cache.v):
             for li, t in store.items():
@@ -556,6 +560,7 @@ class _Decoder:
         mask = torch.zeros(self.slots, new_cap, dtype=torch.bool, device=self.device)
         mask[:n, new_col - w:new_col] = self.mask[:n, lo:self.col]
         self.mask, self.cache.cap = mask, new_cap
+        self.stats["columns"] = max(self.stats["columns"], new_cap)
         shift = new_col - self.col
         for r in self.rows:
             r.start += shift

@@ -1,7 +1,8 @@
 """The memory plan of a search: from a budget (the device's memory, or `device_memory`), where the
 sources live, what the candidate model and the KV cache take, and the decoding batch that fits.
 
-    plan: sources on host (58.0 GB pinned), candidate on cuda:0 14.5 GB, KV 41.9 GB, batch 256
+    plan: sources on host (57.9 GB pinned), candidate on cuda:0 14.5 GB, KV 48.7 GB (131.1 KB/token x
+    1452 columns x 256 rows), batch 256; 66.4 GB of 73.6 GB on cuda:0
 
 Sources are what the candidates are merged from: the base and every source model, held in the run's
 `dtype` (for a search, as task vectors of the same size). They stay on the device when they fit beside
@@ -13,6 +14,8 @@ host are one memory. Sizes are computed from the models' configs and tensor shap
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .decode import GROW
 
 MIN_BATCH = 16          # the smallest decoding batch worth keeping the sources on the device for
 MAX_BATCH = 256         # beyond this, a larger batch buys little on one GPU
@@ -34,7 +37,12 @@ class MemoryPlan:
 
     @property
     def kv_bytes(self) -> int:
-        return self.kv_per_token * self.max_tokens * self.batch
+        return self.kv_per_token * self.columns * self.batch
+
+    @property
+    def columns(self) -> int:
+        """Cache columns per row: the longest row plus the decoder's room to grow (decode.GROW)."""
+        return self.max_tokens + GROW
 
     @property
     def device_bytes(self) -> int:
@@ -43,16 +51,14 @@ class MemoryPlan:
 
     def describe(self) -> str:
         from .fsutil import human
+        kv = (f"KV {human(self.kv_bytes)} ({human(self.kv_per_token)}/token x {self.columns} columns x "
+              f"{self.batch} rows), batch {self.batch}; {human(self.device_bytes)} of {human(self.budget)} on "
+              f"{self.device}")
         if not self.sources_bytes:          # DFS: the sources are the models, candidates share their layers
-            return (f"plan: models on {self.device} {human(self.candidate_bytes)} (candidates share their layers), "
-                    f"KV {human(self.kv_bytes)} ({human(self.kv_per_token)}/token x {self.max_tokens} tokens x "
-                    f"{self.batch} rows), batch {self.batch}; {human(self.device_bytes)} of {human(self.budget)} "
-                    f"on {self.device}")
+            return f"plan: models on {self.device} {human(self.candidate_bytes)} (candidates share their layers), {kv}"
         where = ("on host ({} pinned)" if self.sources_on == "host" and self.device != "cpu" else "on {1} ({0})")
         return (f"plan: sources {where.format(human(self.sources_bytes), self.device)}, candidate on {self.device} "
-                f"{human(self.candidate_bytes)}, KV {human(self.kv_bytes)} ({human(self.kv_per_token)}/token x "
-                f"{self.max_tokens} tokens x {self.batch} rows), batch {self.batch}; "
-                f"{human(self.device_bytes)} of {human(self.budget)} on {self.device}")
+                f"{human(self.candidate_bytes)}, {kv}")
 
 
 def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
@@ -87,7 +93,7 @@ def plan_memory(*, device: str, budget: int, model_bytes: int, largest_tensor: i
     task's batch size (the plan never exceeds it)."""
     sources = int(model_params * store_bytes_per_param * n_inputs)
     temp = (n_inputs + TEMP_EXTRA) * 4 * largest_tensor
-    row = kv_per_token * max_tokens
+    row = kv_per_token * (max_tokens + GROW)          # MemoryPlan.columns
     cap = min(batch, MAX_BATCH)
 
     def rows(free):

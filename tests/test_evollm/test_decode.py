@@ -180,6 +180,18 @@ def test_tiny_models_with_early_eos_and_refill(tmp_path, tok, arch):
     assert_same(model, tok, PROMPTS, 20, batch_size=4, shared_prefix=False, refill=1)
 
 
+def test_the_cache_never_holds_more_than_the_longest_row_plus_its_room(tmp_path, tok):
+    """Long answers, few slots, rows refilled: the window moves many times, and the buffers stay within
+    the longest row (prompt + new tokens) + 1 + GROW columns, the memory plan's per-row columns."""
+    model = tiny(tmp_path, "llama")
+    make_eos_frequent(model, tok, PROMPTS)
+    stats = {}
+    n = 2 * decode.GROW + 40
+    assert_same(model, tok, PROMPTS, n, batch_size=3, stats=stats)
+    longest = max(len(x) for x in tok(PROMPTS)["input_ids"])
+    assert stats["relayouts"] >= 2 and stats["columns"] <= longest + n + 1 + decode.GROW, stats
+
+
 def test_eager_attention(tmp_path, tok):
     model = tiny(tmp_path, seed=3, attn="eager")
     assert model.config._attn_implementation == "eager"
