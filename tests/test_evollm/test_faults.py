@@ -34,8 +34,11 @@ def cli(*args, timeout=600):
 
 
 def start(*args):
+    # SIGINT back to its default in the child: a runner that starts the suite in the background (a shell
+    # without job control) passes SIGINT on ignored, and Python would then never raise KeyboardInterrupt
     return subprocess.Popen(EVOLLM + [str(a) for a in args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(cond, proc=None, timeout=300):
