@@ -14,6 +14,7 @@ an uninterrupted run with the same config and seed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -218,6 +219,10 @@ def prepare(cfg: RunConfig, log):
 
 
 def run_one(cfg: RunConfig, out: Path, progress, log, create=lambda: None) -> dict:
+    done = out / "report.json"              # written last: the run (phase) finished, nothing is left to do
+    if done.exists():
+        log(f"{out}: finished earlier (its report.json is complete); nothing is recomputed")
+        return json.loads(done.read_text())
     bench, fit_rows, test_rows, secs = prepare(cfg, log)
     space = bench.space
     create()

@@ -153,6 +153,15 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
     assert "| evolved (best/model) |" in md and "merge" in md and "held-out" in md
     with pytest.raises(FileExistsError, match="--resume"):       # never over an existing run folder
         run(cfg, out, progress=False, log=lambda *a: None)
+    # resuming the finished run reads its report back: nothing is loaded, scored or rewritten
+    import evollm.search.run as run_mod
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "run.lock"}
+    logged = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_mod, "prepare", lambda *a: pytest.fail("a finished run loaded its models again"))
+        again = run(None, out, resume=True, progress=False, log=logged.append)
+    assert again == json.loads(json.dumps(data)) and "finished earlier" in logged[0]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "run.lock"} == before
     other = dataclasses.replace(cfg, seed=1)
     with pytest.raises(C.ConfigError, match="seed"):
         run(other, out, resume=True, progress=False, log=lambda *a: None)
