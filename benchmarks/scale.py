@@ -185,66 +185,92 @@ def main(argv=None) -> int:
     if dev.startswith("cuda"):
         add("peak device memory, sources on the device", human(torch.cuda.max_memory_allocated()), "", "measured")
 
+    cuda = dev.startswith("cuda")
+
+    def attempt(label, fn):
+        """Run one part of the table; if it fails, its error becomes a row and the rest still runs (the
+        script is meant for one scarce run on a GPU)."""
+        try:
+            return fn()
+        except Exception as e:          # noqa: BLE001 -- any failure is reported as a row
+            add(label, "FAILED", f"{type(e).__name__}: {str(e)[:300]}", "")
+            if cuda:
+                torch.cuda.empty_cache()
+            return None
+
     # -- the emulated smaller card: sources in pinned host memory, streamed per merge (the plan's "host")
-    merge_small = None
-    if dev.startswith("cuda"):
-        label = f"emulated {args.emulate}"
-        small = plans[label]
-        host = {}
-        for n, src in list(sources.items()):          # pinned host copies, then the device copies freed
-            host[n] = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v) for k, v in src.items()}
-            del sources[n]
+    del merger                              # the on-device merger (its copy of the base, its sources)
+    label = f"emulated {args.emulate}"
+
+    def emulated():
+        small, host = plans[label], {}
+        for n in list(sources):             # pinned host copies, then the device copies freed
+            host[n] = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v) for k, v in sources.pop(n).items()}
         host_base = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v) for k, v in state.items()}
-        del merger, src
         torch.cuda.empty_cache()
         cap = parse_size(args.emulate)
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / torch.cuda.get_device_properties(dev).total_memory))
         torch.cuda.reset_peak_memory_stats()
-        merger = InMemoryMerger(base, host_base, host, dev, store_dtype=dtype,
-                                store_device="cpu" if small.sources_on == "host" else None)
-        merge_small, _ = timed(lambda: merger.merge("dare_ties", {}, per, seed=0), dev, repeat=2)
-        add(f"candidate merge, {label}, sources on {small.sources_on}", f"{merge_small:.2f} s",
-            f"{merge_small / floor:.1f}x the on-device floor", "measured")
-    del sources
-    # -- decoding throughput
-    weights = n_params * esize
-    L, T = shape["prompt_len"][0], shape["decode_tokens"]
-    for b in shape["batches"]:
-        prompts = [tuple(int(x) for x in np.random.RandomState(i).randint(1, shape["config"]["vocab_size"], L))
-                   for i in range(b)]
-        lens = [T] * b
-        t_new, _ = timed(lambda: new_path(base, prompts, lens, b), dev, repeat=2)     # the first run warms up
-        t_old, _ = timed(lambda: hf_static(base, prompts, lens, b), dev, repeat=2)
-        step_floor = (weights + b * (L + T / 2) * kv) / bw
-        floor_tps = b / step_floor
-        new_tps, old_tps = b * T / t_new, b * T / t_old
-        cells = [f"{new_tps:,.0f} tok/s", f"{new_tps / floor_tps:.0%} of floor ({floor_tps:,.0f}); "
-                 f"{new_tps / old_tps:.2f}x today's static path ({old_tps:,.0f})"]
-        if b == 1:
-            cells[1] += " (= HF generate one prompt at a time)"
-        add(f"decode, batch {b}, {L}-token prompts, {T} new tokens", *cells, "measured")
+        m = InMemoryMerger(base, host_base, host, dev, store_dtype=dtype,
+                           store_device="cpu" if small.sources_on == "host" else None)
+        t, _ = timed(lambda: m.merge("dare_ties", {}, per, seed=0), dev, repeat=2)
+        add(f"candidate merge, {label}, sources on {small.sources_on}", f"{t:.2f} s",
+            f"{t / floor:.1f}x the on-device floor", "measured")
+        return t
+    merge_small = attempt(f"candidate merge, {label}", emulated) if cuda else None
+    sources.clear()
 
-    # -- the fitness pass of the paper's shape
-    prompts, lengths = workload(shape)
-    sub = args.subset or len(prompts)
-    slots = min(plans.get(f"emulated {args.emulate}", plan).batch, 256)      # the smaller card's plan on CUDA
-    t_new, toks = timed(lambda: new_path(base, prompts[:sub], lengths[:sub], slots), dev)
-    old_n = min(len(prompts), 2 * OLD_BATCH) if sub < len(prompts) or args.shape == "7b" else len(prompts)
-    t_old, _ = timed(lambda: hf_static(base, prompts[:old_n], lengths[:old_n], OLD_BATCH), dev)
-    new_pass = t_new * len(prompts) / sub
-    old_pass = t_old * len(prompts) / old_n
-    how_new = "measured" if sub == len(prompts) else f"measured on {sub}, projected"
-    how_old = "measured" if old_n == len(prompts) else f"measured on {old_n}, projected"
-    add(f"fitness pass, {len(prompts)} prompts, answers median {int(np.median(lengths))} max {max(lengths)} "
-        f"({sum(lengths):,} tokens)", f"{new_pass:.1f} s (new, {slots} slots)",
-        f"{old_pass / new_pass:.1f}x faster than today's ({old_pass:.1f} s, static batches of {OLD_BATCH})",
-        f"{how_new}; today: {how_old}")
-    if dev.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated()
-        add(f"peak device memory since the {args.emulate} cap (merge, decode rows, fitness pass)", human(peak),
-            f"{'within' if peak <= parse_size(args.emulate) else 'OVER'} {args.emulate}; planned "
-            f"{human(plans[f'emulated {args.emulate}'].device_bytes)}", "measured")
-        torch.cuda.set_per_process_memory_fraction(1.0)
+    try:
+        # -- decoding throughput
+        weights = n_params * esize
+        L, T = shape["prompt_len"][0], shape["decode_tokens"]
+
+        def decode_row(b):
+            prompts = [tuple(int(x) for x in np.random.RandomState(i).randint(1, shape["config"]["vocab_size"], L))
+                       for i in range(b)]
+            lens = [T] * b
+            t_new, _ = timed(lambda: new_path(base, prompts, lens, b), dev, repeat=2)     # the first run warms up
+            t_old, _ = timed(lambda: hf_static(base, prompts, lens, b), dev, repeat=2)
+            step_floor = (weights + b * (L + T / 2) * kv) / bw
+            floor_tps = b / step_floor
+            new_tps, old_tps = b * T / t_new, b * T / t_old
+            cells = [f"{new_tps:,.0f} tok/s", f"{new_tps / floor_tps:.0%} of floor ({floor_tps:,.0f}); "
+                     f"{new_tps / old_tps:.2f}x today's static path ({old_tps:,.0f})"]
+            if b == 1:
+                cells[1] += " (= HF generate one prompt at a time)"
+            add(f"decode, batch {b}, {L}-token prompts, {T} new tokens", *cells, "measured")
+        for b in shape["batches"]:
+            attempt(f"decode, batch {b}", lambda: decode_row(b))
+
+        # -- the fitness pass of the paper's shape
+        def fitness_pass():
+            prompts, lengths = workload(shape)
+            sub = args.subset or len(prompts)
+            slots = min(plans.get(label, plan).batch, 256)           # the smaller card's plan on CUDA
+            t_new, _ = timed(lambda: new_path(base, prompts[:sub], lengths[:sub], slots), dev)
+            old_n = min(len(prompts), 2 * OLD_BATCH) if sub < len(prompts) or args.shape == "7b" else len(prompts)
+            t_old, _ = timed(lambda: hf_static(base, prompts[:old_n], lengths[:old_n], OLD_BATCH), dev)
+            new_pass = t_new * len(prompts) / sub
+            old_pass = t_old * len(prompts) / old_n
+            how_new = "measured" if sub == len(prompts) else f"measured on {sub}, projected"
+            how_old = "measured" if old_n == len(prompts) else f"measured on {old_n}, projected"
+            add(f"fitness pass, {len(prompts)} prompts, answers median {int(np.median(lengths))} max {max(lengths)} "
+                f"({sum(lengths):,} tokens)", f"{new_pass:.1f} s (new, {slots} slots)",
+                f"{old_pass / new_pass:.1f}x faster than today's ({old_pass:.1f} s, static batches of {OLD_BATCH})",
+                f"{how_new}; today: {how_old}")
+            return new_pass, old_pass
+        passes = attempt("fitness pass", fitness_pass)
+        if cuda and merge_small is not None:
+            peak = torch.cuda.max_memory_allocated()
+            add(f"peak device memory since the {args.emulate} cap (merge, decode rows, fitness pass)", human(peak),
+                f"{'within' if peak <= parse_size(args.emulate) else 'OVER'} {args.emulate}; planned "
+                f"{human(plans[label].device_bytes)}", "measured")
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+    if passes is None:
+        passes = (math.nan, math.nan)
+    new_pass, old_pass = passes
     n = shape["candidates"]
     hours = lambda per: n * per / 3600
     add(f"PS run, {n} candidates (merge + fitness pass)", f"{hours(merge_s + new_pass):.1f} h (new, whole device)",
