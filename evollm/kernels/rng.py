@@ -144,7 +144,15 @@ def bits_rows(streams, start: int, count: int, device="cpu", out: torch.Tensor =
 
 def uniform24_rows(streams, start: int, count: int, device="cpu", out: torch.Tensor = None,
                    scratch=(None, None)) -> torch.Tensor:
-    """float32 (len(streams), count): row i is streams[i].uniform24(start, count)."""
+    """float32 (len(streams), count): row i is streams[i].uniform24(start, count). On CUDA, one fused
+    Triton kernel when it is available and passes its self-check (`_fast`): the same integers, without
+    the ~16 int64 passes over memory of the torch ops."""
+    if torch.device(device).type == "cuda" and _fast(device):
+        if out is None or out.stride(-1) != 1:
+            res = torch.empty((len(streams), count), dtype=torch.float32, device=device)
+            _uniform24_triton(streams, start, count, res)
+            return res if out is None else out.copy_(res)
+        return _uniform24_triton(streams, start, count, out)
     x = bits_rows(streams, start, count, device, *scratch)
     x.bitwise_right_shift_(8)
     if out is None:
@@ -164,3 +172,73 @@ def uniform24(stream: MaskStream, numel: int, device="cpu", chunk: int = 1 << 16
 
 def mask_stream(seed: int, tensor: str, index: int, candidate: int = 0) -> MaskStream:
     return MaskStream(seed, tensor, index, candidate)
+
+
+# -- the fused CUDA kernel (Triton ships with torch's CUDA builds; TRITON_INTERPRET=1 runs it on the CPU)
+
+_KERNEL: list = []          # [the jitted kernel, or None without a working triton], made on first use
+
+
+def _kernel():
+    if not _KERNEL:
+        try:
+            import triton
+            import triton.language as tl
+
+            @triton.jit
+            def u24(out_ptr, a_ptr, c_ptr, n, stride, BLOCK: tl.constexpr):
+                row = tl.program_id(1)
+                offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+                a = tl.load(a_ptr + row).to(tl.uint32)
+                c = tl.load(c_ptr + row).to(tl.uint32)
+                x = a * offs.to(tl.uint32) + c             # uint32 arithmetic: exactly mod 2^32
+                x = x ^ (x >> 16)
+                x = x * 0x21F0AAAD
+                x = x ^ (x >> 15)
+                x = x * 0x735A2D97
+                x = x ^ (x >> 15)
+                tl.store(out_ptr + row * stride + offs, (x >> 8).to(tl.float32), mask=offs < n)
+            _KERNEL.append(u24)
+        except Exception:       # noqa: BLE001 -- no (working) triton: the torch ops serve everywhere
+            _KERNEL.append(None)
+    return _KERNEL[0]
+
+
+_FAST: dict = {}            # device -> whether the kernel passed its self-check there
+
+
+def _uniform24_triton(streams, start: int, count: int, out: torch.Tensor) -> torch.Tensor:
+    """`uniform24_rows` by the Triton kernel into `out` ((len(streams), count) float32, unit stride)."""
+    done, rows = 0, len(streams)
+    for s, n in _pieces(start, count):
+        ab = [_affine(st.seed, st.candidate, st.tensor, st.index, s >> 32) for st in streams]
+        a = torch.tensor([v[0] for v in ab], dtype=torch.int64).to(out.device)
+        c = torch.tensor([(v[0] * (s & MASK32) + v[1]) & MASK32 for v in ab], dtype=torch.int64).to(out.device)
+        _kernel()[(-(-n // 1024), rows)](out[:, done:done + n], a, c, n, out.stride(0), BLOCK=1024)
+        done += n
+    return out
+
+
+def _fast(device) -> bool:
+    """Whether the Triton kernel may serve `device`: it imports, compiles, and gives the torch ops'
+    values on a sample (checked once per device; a failure falls back to the torch ops, with a warning)."""
+    key = str(torch.device(device))
+    ok = _FAST.get(key)
+    if ok is None:
+        ok = False
+        if _kernel() is not None:
+            try:
+                streams = [MaskStream(12345, "self-check", i) for i in range(2)]
+                start = (1 << 32) - 3000                # crosses a block boundary
+                got = _uniform24_triton(streams, start, 6000, torch.empty((2, 6000), device=device))
+                ok = torch.equal(got.cpu(), uniform24_rows(streams, start, 6000, "cpu"))
+                if not ok:
+                    import warnings
+                    warnings.warn(f"evollm: the Triton mask kernel disagrees with the torch ops on {key}; "
+                                  "using the torch ops")
+            except Exception as e:      # noqa: BLE001 -- compile or launch failure: the torch ops serve
+                import warnings
+                warnings.warn(f"evollm: the Triton mask kernel is unavailable on {key} ({type(e).__name__}: "
+                              f"{str(e)[:200]}); using the torch ops")
+        _FAST[key] = ok
+    return ok

@@ -1,5 +1,7 @@
 """Merge kernels against hand-computed values and the naive implementations in naive.py."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -347,3 +349,39 @@ def test_della_single_column_rows_use_the_lowest_probability():
     kept = sp.della_magprune(col, 0.5, 0.2, mask_stream(0, "col", 0), rescale=None)
     assert kept.shape == col.shape
     assert abs((kept != 0).float().mean().item() - 0.3) < 0.03     # density - epsilon
+
+
+TRITON_CHECK = r"""
+import warnings
+import torch
+from evollm.kernels import rng
+for start, count, k in [(0, 5000, 3), ((1 << 32) - 1000, 3000, 2), (123457, 1, 1), (7, 70000, 4)]:
+    streams = [rng.mask_stream(3, f"t{k}", i, candidate=1) for i in range(k)]
+    ref = rng.uniform24_rows(streams, start, count, "cpu")
+    out = torch.full((k, count + 5), -1.0)[:, 2:2 + count]          # a strided view, as the kernel's callers pass
+    assert torch.equal(rng._uniform24_triton(streams, start, count, out), ref), (start, count)
+assert rng._fast("cpu")                                              # the self-check passes
+class Idle:                                                          # a kernel that writes nothing
+    def __getitem__(self, grid):
+        return lambda *a, **k: None
+for kernel, says in ((Idle(), "disagrees with the torch ops"), (lambda: None, "is unavailable on cpu")):
+    rng._FAST.clear()
+    rng._KERNEL[:] = [kernel]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert not rng._fast("cpu")                                  # refused: the torch ops serve
+    assert any(says in str(x.message) for x in w), [str(x.message) for x in w]
+print("ok")
+"""
+
+
+def test_the_cuda_mask_kernel_gives_the_torch_ops_integers():
+    """The Triton kernel the masks use on CUDA, run by Triton's interpreter on the CPU: the same uniforms as
+    the torch integer ops (across a 2^32 block boundary, into strided rows), and the self-check that guards
+    it refuses a kernel that disagrees. On a GPU the same self-check runs once per device before first use."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
