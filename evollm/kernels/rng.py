@@ -24,6 +24,7 @@ The definition (tests/naive.py implements it again in plain Python):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from functools import lru_cache
@@ -214,7 +215,9 @@ def _uniform24_triton(streams, start: int, count: int, out: torch.Tensor) -> tor
         ab = [_affine(st.seed, st.candidate, st.tensor, st.index, s >> 32) for st in streams]
         a = torch.tensor([v[0] for v in ab], dtype=torch.int64).to(out.device)
         c = torch.tensor([(v[0] * (s & MASK32) + v[1]) & MASK32 for v in ab], dtype=torch.int64).to(out.device)
-        _kernel()[(-(-n // 1024), rows)](out[:, done:done + n], a, c, n, out.stride(0), BLOCK=1024)
+        # Triton launches on the current CUDA device (on the CPU: TRITON_INTERPRET=1, the tests)
+        with torch.cuda.device(out.device) if out.device.type == "cuda" else contextlib.nullcontext():
+            _kernel()[(-(-n // 1024), rows)](out[:, done:done + n], a, c, n, out.stride(0), BLOCK=1024)
         done += n
     return out
 
