@@ -233,7 +233,7 @@ def _fast(device) -> bool:
             try:
                 streams = [MaskStream(12345, "self-check", i) for i in range(2)]
                 start = (1 << 32) - 3000                # crosses a block boundary
-                got = _uniform24_triton(streams, start, 6000, torch.empty((2, 6000), device=device))
+                got = _uniform24_triton(streams, start, 6000, torch.full((2, 6000), -1.0, device=device))
                 ok = torch.equal(got.cpu(), uniform24_rows(streams, start, 6000, "cpu"))
                 if not ok:
                     import warnings
