@@ -54,6 +54,7 @@ DEFAULTS: dict = {
         "sigma": 1 / 6,
         "popsize": 8,
         "budget": 64,
+        "threads": None,            # torch's CPU threads (None: torch's default, the machine's cores)
     },
     "task": {
         "name": "ja-math",
@@ -155,6 +156,7 @@ class SearchConfig:
     sigma: float
     popsize: int
     budget: int
+    threads: Optional[int]              # CPU float results depend on it: fixed, the same bits anywhere
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,8 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
     num("search.sigma", s["sigma"], 1e-6, 1.0)
     num("search.popsize", s["popsize"], 2, integer=True)
     num("search.budget", s["budget"], 1, integer=True)
+    if s["threads"] is not None:
+        num("search.threads", s["threads"], 1, integer=True)
 
     t = cfg["task"]
     if t["name"] not in TASKS:

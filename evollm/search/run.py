@@ -203,10 +203,13 @@ def run_ps_dfs(folder: RunFolder, progress, log) -> dict:
 def prepare(cfg: RunConfig, log):
     """Load everything the run reads (models, tokenizer, data): every input error surfaces here,
     before the run folder exists."""
+    import torch
     t0 = time.time()
+    if cfg.search.threads:                  # before any model exists: every candidate computes with them
+        torch.set_num_threads(cfg.search.threads)
     n = len(cfg.models)
     log(f"loading the base model, {n} source{'s' * (n != 1)}, the tokenizer and the task's data "
-        f"({cfg.device}, {cfg.dtype}) ...")
+        f"({cfg.device}, {cfg.dtype}, {torch.get_num_threads()} CPU threads) ...")
     bench = open_workbench(cfg)
     t = cfg.task
     fit_rows = bench.task.rows(t.fitness, cfg.seed)

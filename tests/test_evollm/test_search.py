@@ -73,6 +73,7 @@ def cfg_data(**over):
     ({"search__popsize": 1}, "search.popsize"),
     ({"search__budget": "many"}, "search.budget"),
     ({"search__optimizer": "adam"}, "search.optimizer"),
+    ({"search__threads": 0}, "search.threads"),
     ({"task__fitness__data": None}, "task.fitness.data"),
     ({"task__max_new_tokens": 0}, "task.max_new_tokens"),
     ({"device": "tpu"}, "device"),
@@ -165,6 +166,29 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
     other = dataclasses.replace(cfg, seed=1)
     with pytest.raises(C.ConfigError, match="seed"):
         run(other, out, resume=True, progress=False, log=lambda *a: None)
+
+
+def test_search_threads_fix_the_cpu_threads_every_candidate_computes_with(monkeypatch):
+    """CPU float results depend on torch's thread count (measured on the world: 11% of a merge's weights
+    differ by an ulp between 1 and 2 threads), so a config can fix it; the run sets it before loading."""
+    import evollm.search.run as run_mod
+    cfg = C.parse_config(cfg_data(search__threads=1), "RUN.yaml", ROOT / "configs")
+    seen, logged = [], []
+
+    class Loaded(Exception):
+        pass
+
+    def open_workbench(c):              # where the run starts loading models: note the threads, stop
+        seen.append(torch.get_num_threads())
+        raise Loaded
+    monkeypatch.setattr(run_mod, "open_workbench", open_workbench)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(Loaded):
+            run_mod.prepare(cfg, logged.append)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1] and "1 CPU threads" in logged[0]
 
 
 @pytest.mark.slow
