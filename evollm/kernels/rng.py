@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import warnings
 from functools import lru_cache
 
 import torch
@@ -125,11 +126,7 @@ def bits_rows(streams, start: int, count: int, device="cpu", out: torch.Tensor =
     t = torch.empty_like(x) if tmp is None else tmp
     done = 0
     for s, n in _pieces(start, count):
-        ab = [_affine(st.seed, st.candidate, st.tensor, st.index, s >> 32) for st in streams]
-        # a * (lo0 + r) + b = a * r + c (mod 2^32) with lo0 the piece's first low index
-        a = torch.tensor([v[0] for v in ab], dtype=torch.int64).reshape(rows, 1).to(x.device)
-        c = torch.tensor([(v[0] * (s & MASK32) + v[1]) & MASK32 for v in ab],
-                         dtype=torch.int64).reshape(rows, 1).to(x.device)
+        a, c = (v.reshape(rows, 1) for v in _piece_constants(streams, s, x.device))
         xs, ts = x[:, done:done + n], t[:, done:done + n]
         torch.mul(_arange(n, x.device), a, out=xs)
         xs.add_(c).bitwise_and_(MASK32)
@@ -141,6 +138,15 @@ def bits_rows(streams, start: int, count: int, device="cpu", out: torch.Tensor =
         xs.bitwise_xor_(ts)
         done += n
     return x
+
+
+def _piece_constants(streams, s: int, device):
+    """Per stream, (a, c) as int64 tensors on `device` for the piece starting at flat index `s`:
+    a * (lo0 + r) + b = a * r + c (mod 2^32), lo0 the piece's first low index, r the index within it."""
+    ab = [_affine(st.seed, st.candidate, st.tensor, st.index, s >> 32) for st in streams]
+    a = torch.tensor([v[0] for v in ab], dtype=torch.int64).to(device)
+    c = torch.tensor([(v[0] * (s & MASK32) + v[1]) & MASK32 for v in ab], dtype=torch.int64).to(device)
+    return a, c
 
 
 def uniform24_rows(streams, start: int, count: int, device="cpu", out: torch.Tensor = None,
@@ -177,32 +183,29 @@ def mask_stream(seed: int, tensor: str, index: int, candidate: int = 0) -> MaskS
 
 # -- the fused CUDA kernel (Triton ships with torch's CUDA builds; TRITON_INTERPRET=1 runs it on the CPU)
 
-_KERNEL: list = []          # [the jitted kernel, or None without a working triton], made on first use
-
-
+@lru_cache(maxsize=None)
 def _kernel():
-    if not _KERNEL:
-        try:
-            import triton
-            import triton.language as tl
+    """The jitted kernel, or None without a (working) triton; made on first use."""
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:           # noqa: BLE001 -- no (working) triton: the torch ops serve everywhere
+        return None
 
-            @triton.jit
-            def u24(out_ptr, a_ptr, c_ptr, n, stride, BLOCK: tl.constexpr):
-                row = tl.program_id(1)
-                offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-                a = tl.load(a_ptr + row).to(tl.uint32)
-                c = tl.load(c_ptr + row).to(tl.uint32)
-                x = a * offs.to(tl.uint32) + c             # uint32 arithmetic: exactly mod 2^32
-                x = x ^ (x >> 16)
-                x = x * 0x21F0AAAD
-                x = x ^ (x >> 15)
-                x = x * 0x735A2D97
-                x = x ^ (x >> 15)
-                tl.store(out_ptr + row * stride + offs, (x >> 8).to(tl.float32), mask=offs < n)
-            _KERNEL.append(u24)
-        except Exception:       # noqa: BLE001 -- no (working) triton: the torch ops serve everywhere
-            _KERNEL.append(None)
-    return _KERNEL[0]
+    @triton.jit
+    def u24(out_ptr, a_ptr, c_ptr, n, stride, BLOCK: tl.constexpr):
+        row = tl.program_id(1)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        a = tl.load(a_ptr + row).to(tl.uint32)
+        c = tl.load(c_ptr + row).to(tl.uint32)
+        x = a * offs.to(tl.uint32) + c             # uint32 arithmetic: exactly mod 2^32
+        x = x ^ (x >> 16)
+        x = x * 0x21F0AAAD                         # MIX1 (a jitted kernel reads no globals)
+        x = x ^ (x >> 15)
+        x = x * 0x735A2D97                         # MIX2
+        x = x ^ (x >> 15)
+        tl.store(out_ptr + row * stride + offs, (x >> 8).to(tl.float32), mask=offs < n)
+    return u24
 
 
 _FAST: dict = {}            # device -> whether the kernel passed its self-check there
@@ -212,9 +215,7 @@ def _uniform24_triton(streams, start: int, count: int, out: torch.Tensor) -> tor
     """`uniform24_rows` by the Triton kernel into `out` ((len(streams), count) float32, unit stride)."""
     done, rows = 0, len(streams)
     for s, n in _pieces(start, count):
-        ab = [_affine(st.seed, st.candidate, st.tensor, st.index, s >> 32) for st in streams]
-        a = torch.tensor([v[0] for v in ab], dtype=torch.int64).to(out.device)
-        c = torch.tensor([(v[0] * (s & MASK32) + v[1]) & MASK32 for v in ab], dtype=torch.int64).to(out.device)
+        a, c = _piece_constants(streams, s, out.device)
         # Triton launches on the current CUDA device (on the CPU: TRITON_INTERPRET=1, the tests)
         with torch.cuda.device(out.device) if out.device.type == "cuda" else contextlib.nullcontext():
             _kernel()[(-(-n // 1024), rows)](out[:, done:done + n], a, c, n, out.stride(0), BLOCK=1024)
@@ -236,11 +237,9 @@ def _fast(device) -> bool:
                 got = _uniform24_triton(streams, start, 6000, torch.full((2, 6000), -1.0, device=device))
                 ok = torch.equal(got.cpu(), uniform24_rows(streams, start, 6000, "cpu"))
                 if not ok:
-                    import warnings
                     warnings.warn(f"evollm: the Triton mask kernel disagrees with the torch ops on {key}; "
                                   "using the torch ops")
             except Exception as e:      # noqa: BLE001 -- compile or launch failure: the torch ops serve
-                import warnings
                 warnings.warn(f"evollm: the Triton mask kernel is unavailable on {key} ({type(e).__name__}: "
                               f"{str(e)[:200]}); using the torch ops")
         _FAST[key] = ok

@@ -156,7 +156,7 @@ class SearchConfig:
     sigma: float
     popsize: int
     budget: int
-    threads: Optional[int]              # CPU float results depend on it: fixed, the same bits anywhere
+    threads: Optional[int]              # torch's CPU threads: CPU float results depend on the count
 
 
 @dataclass(frozen=True)

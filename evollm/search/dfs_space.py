@@ -111,14 +111,12 @@ class DfsWorkbench(Workbench):
         """The memory plan: A and B stay on the device (a candidate references their layers, nothing is
         copied); a token's KV cache holds one entry per hop of the longest path."""
         from ..memplan import kv_bytes_per_token
-        a = self.models[self.a]
         esize = torch.tensor([], dtype=self.dtype).element_size()
-        config = a.config.to_dict()
-        config = dict(config.get("text_config") or config, num_hidden_layers=self.space.T)   # a VLM: its decoder
+        per_layer = kv_bytes_per_token(self.models[self.a].config.to_dict(), esize) // self.n_layers
         return self.plan(rows, log, model_bytes=sum(p.numel() * p.element_size() for m in self.models.values()
                                                     for p in m.parameters()),
                          largest_tensor=0, n_inputs=0, store_bytes_per_param=0, model_params=0,
-                         kv_per_token=kv_bytes_per_token(config, esize))
+                         kv_per_token=per_layer * self.space.T)
 
     def candidate(self, params: dict):
         return build_dfs_model(self.models[self.a], self.models[self.b], self.space.hops_of(params))

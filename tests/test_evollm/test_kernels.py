@@ -366,7 +366,7 @@ class Idle:                                                          # a kernel 
         return lambda *a, **k: None
 for kernel, says in ((Idle(), "disagrees with the torch ops"), (lambda: None, "is unavailable on cpu")):
     rng._FAST.clear()
-    rng._KERNEL[:] = [kernel]
+    rng._kernel = lambda kernel=kernel: kernel
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         assert not rng._fast("cpu")                                  # refused: the torch ops serve
