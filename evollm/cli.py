@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "`device`)")
     m.add_argument("--seed", type=int, help="seed of the random masks (DARE, DELLA) (default: 0; --config: the "
                    "config's `seed`, which also seeds the search)")
+    add_run_options(m)
     m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
     m.add_argument("--allow-pickle", action="store_true",
                    help="also read pickled .bin weights (with torch.load(weights_only=True))")
@@ -63,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)          # before protocols: same as --protocol official
     e.add_argument("--json", help="write the scores and every output to this file")
     return ap
+
+
+def add_run_options(m):
+    """An evolution run's options besides the config (both front ends)."""
+    m.add_argument("--workers", type=int, help="score candidates on N Ray actors, one GPU each on cuda (default: "
+                   "the config's `search.workers`, 1: this process, no Ray); a resume may change it")
+    m.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto) instead of starting Ray here")
+    m.add_argument("--threads", type=int, help="torch CPU threads per worker (default: the config's "
+                   "`search.threads`, else this machine's cores); CPU results depend on it, not on --workers")
 
 
 def cmd_merge(args) -> int:
@@ -101,19 +111,22 @@ def cmd_evolve(args, default_config: str = "world-ja-math.yaml", prog: str = "ev
         raise ValueError("--resume needs --out (the run folder to continue)")
     from .checkout import checkout_file
     overrides = {k: getattr(args, k) for k in ("device", "seed") if getattr(args, k, None) is not None}
+    if args.threads is not None:
+        overrides["search.threads"] = args.threads
+    execution = {"workers": args.workers, "ray_address": args.ray_address}
     if args.config or not args.resume:
         cfg = load_config(args.config or checkout_file("configs", default_config, what="no --config given, and the "
                                                       "default run config"), overrides)
     elif overrides:
         raise ValueError(f"--resume without --config continues the run folder's own config; "
-                         f"{', '.join('--' + k for k in overrides)} would change it")
+                         f"{', '.join('--' + k.split('.')[-1] for k in overrides)} would change it")
     else:
         cfg = None
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     quiet_libraries()
     resume = f"{prog} merge --out {shlex.quote(str(out))} --resume"
     try:
-        data = run(cfg, out, resume=args.resume, progress=not args.quiet)
+        data = run(cfg, out, resume=args.resume, progress=not args.quiet, execution=execution)
     except KeyboardInterrupt as e:
         if out.is_dir():
             n = logged_candidates(out)

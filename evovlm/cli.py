@@ -7,7 +7,7 @@ import math
 import sys
 
 from evollm import __version__
-from evollm.cli import guarded, parse_size
+from evollm.cli import add_run_options, guarded, parse_size
 
 def split_parts(names):
     """Group tensor names into vision tower, projector and language tower."""
@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     m.add_argument("--device", help="cpu or cuda (default: cpu; --config: the config's `device`)")
     m.add_argument("--seed", type=int, help="seed of the random masks (DARE, DELLA) (default: 0; --config: the "
                    "config's `seed`)")
+    add_run_options(m)
     m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
     m.add_argument("--allow-pickle", action="store_true")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"))

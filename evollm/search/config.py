@@ -54,7 +54,10 @@ DEFAULTS: dict = {
         "sigma": 1 / 6,
         "popsize": 8,
         "budget": 64,
-        "threads": None,            # torch's CPU threads (None: torch's default, the machine's cores)
+        "threads": None,            # torch's CPU threads per worker (None: the cores shared out among the
+                                    # workers; the run folder records the count, see `with_threads`)
+        "workers": 1,               # Ray actors scoring candidates (1: this process, no Ray)
+        "ray_address": None,        # a running Ray cluster to join (e.g. auto); None: Ray on this machine
     },
     "task": {
         "name": "ja-math",
@@ -157,6 +160,8 @@ class SearchConfig:
     popsize: int
     budget: int
     threads: Optional[int]              # torch's CPU threads: CPU float results depend on the count
+    workers: int                        # how the run executes, not what it computes (see EXECUTION)
+    ray_address: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -366,6 +371,9 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
     num("search.budget", s["budget"], 1, integer=True)
     if s["threads"] is not None:
         num("search.threads", s["threads"], 1, integer=True)
+    num("search.workers", s["workers"], 1, integer=True)
+    if s["ray_address"] is not None and (not isinstance(s["ray_address"], str) or not s["ray_address"]):
+        err("search.ray_address", f"must be a Ray cluster address (e.g. auto, ray://HOST:10001), got {s['ray_address']!r}")
 
     t = cfg["task"]
     if t["name"] not in TASKS:
@@ -398,15 +406,50 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
 
 
 def load_config(path, overrides: dict = None) -> RunConfig:
-    """Read RUN.yaml; `overrides` (top-level fields, e.g. the command line's device and seed) replace
-    the file's before validation."""
+    """Read RUN.yaml; `overrides` (fields, dotted for nested ones: the command line's device, seed,
+    search.threads) replace the file's before validation."""
     from ..recipe import read_yaml
     path = Path(path)
     data, origin = read_yaml(path, "config", ConfigError), str(path)
     if overrides and isinstance(data, (dict, type(None))):       # anything else: parse_config names it
-        data = {**(data or {}), **overrides}
+        data = copy.deepcopy(data or {})
+        for key, v in overrides.items():
+            *parents, leaf = key.split(".")
+            node = data
+            for k in parents:
+                node[k] = dict(node.get(k) or {}) if isinstance(node.get(k) or {}, dict) else node[k]
+                node = node[k]
+            if isinstance(node, dict):
+                node[leaf] = v
         origin += f" (with {', '.join(f'{k}: {v}' for k, v in overrides.items())} from the command line)"
     return parse_config(data, origin, path.resolve().parent)
+
+
+#: search fields that say how a run executes, not what it computes: a resume may change them
+EXECUTION = ("workers", "ray_address")
+
+
+def config_diff(given: RunConfig, stored: RunConfig) -> list:
+    """The top-level fields in which `given` asks for another run than `stored` (a run folder's): the
+    execution fields do not count, and an unset `search.threads` matches the count the folder recorded."""
+    g, s = given.to_dict(), stored.to_dict()
+    for d in (g, s):
+        for k in EXECUTION:
+            d["search"].pop(k)
+    if g["search"]["threads"] is None:
+        g["search"]["threads"] = s["search"]["threads"]
+    return sorted(k for k in set(g) | set(s) if g.get(k) != s.get(k))
+
+
+def with_execution(cfg: RunConfig, **fields) -> RunConfig:
+    """`cfg` with execution fields (EXECUTION) replaced; None leaves a field as it is."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    unknown = set(fields) - set(EXECUTION)
+    if unknown:
+        raise ValueError(f"not execution fields: {sorted(unknown)}")
+    if fields.get("workers", 1) < 1:
+        raise ConfigError(f"--workers must be at least 1, got {fields['workers']}")
+    return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, **fields)) if fields else cfg
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,15 @@ from .config import ModelRef, RunConfig
 from .report import failures, merge_failures, write_ps_dfs_report, write_report
 from .runfolder import (CandidateLog, RunFailed, RunFolder, load_checkpoint,  # noqa: F401 (RunFailed)
                         read_candidates, save_checkpoint, stage_folder)
-from .workbench import open_workbench
+from .pool import open_pool, with_threads
 
 WORST = -1.0            # what the optimizer is told for a failed candidate (every real score is >= 0)
 
 
-def search(cfg: RunConfig, out: Path, bench, fit_rows, progress=True, log=print) -> dict:
-    """The evolution loop (the only one: runs, the world's probes and the tests go through it); returns
-    the final state (best genome and score, history)."""
-    s, space = cfg.search, bench.space
+def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
+    """The evolution loop (the only one: runs, the world's probes and the tests go through it); `pool`
+    scores the candidates (pool.py). Returns the final state (best genome and score, history)."""
+    s, space = cfg.search, pool.space
     ckpt, cand_path = out / "checkpoint.pkl", out / "candidates.jsonl"
     if ckpt.exists():
         state = load_checkpoint(ckpt)
@@ -67,25 +66,25 @@ def search(cfg: RunConfig, out: Path, bench, fit_rows, progress=True, log=print)
             opt = state["optimizer"]
             generation = state["generation"] + 1                  # 1-based everywhere (log, report, plot)
             genomes = opt.ask()[:budget - state["evaluated"]]
+            asked = [{"index": state["evaluated"] + i, "generation": generation, "genome": [float(v) for v in x],
+                      "parameters": space.decode(x)} for i, x in enumerate(genomes)]
+            for prev, rec in zip(pending, asked):               # logged before the interruption
+                if prev["index"] != rec["index"] or prev["genome"] != rec["genome"]:
+                    raise RunFailed(f"{cand_path}: candidate {rec['index']} in the log is not the one the restored "
+                                    "optimizer asks for (was the config or code changed?)")
+            fresh = pool.evaluate([(r["index"], r["parameters"]) for r in asked[len(pending):]])
             records = []
-            for i, x in enumerate(genomes):
-                n = state["evaluated"] + i
-                params = space.decode(x)
-                prev = pending[i] if i < len(pending) else None
-                if prev is not None and prev["index"] == n and prev["genome"] == [float(v) for v in x]:
-                    rec = prev                              # logged before the interruption
+            for i, rec in enumerate(asked):
+                if i < len(pending):
+                    rec = pending[i]
                 else:
-                    if prev is not None:
-                        raise RunFailed(f"{cand_path}: candidate {n} in the log is not the one the restored "
-                                        "optimizer asks for (was the config or code changed?)")
-                    rec = {"index": n, "generation": generation, "genome": [float(v) for v in x],
-                           "parameters": params, **bench.evaluate_candidate(params, fit_rows)}
+                    rec = {**rec, **next(fresh)}
                     cand_log.append(rec)
                 records.append(rec)
                 if rec["score"] is not None and (best is None or rec["score"] > best["score"]):
                     best = rec
                 if rec["error"]:
-                    log(f"candidate {n}: {rec['error']}")
+                    log(f"candidate {rec['index']}: {rec['error']}")
                 if bar is not None:
                     bar.set_postfix_str(f"generation {generation}, best {best['score']:.1f}"
                                         if best else f"generation {generation}")
@@ -118,29 +117,24 @@ def search(cfg: RunConfig, out: Path, bench, fit_rows, progress=True, log=print)
     return state
 
 
-def export_best(out: Path, bench, best: dict) -> Path:
+def export_best(out: Path, pool, best: dict) -> Path:
     """best/recipe.yaml and best/model/ (the export the workbench makes for its search space)."""
     with AtomicFolder(out / "best", force=True) as tmp:
-        bench.export_best(best, tmp)
+        pool.export_best(best, tmp)
     return out / "best"
 
 
-def evaluate_rows(out: Path, bench, fit_rows, test_rows, progress=True, log=print) -> dict:
+def evaluate_rows(out: Path, pool, progress=True, log=print) -> dict:
     """The workbench's reference models (sources, un-evolved merges, the search's initial point) and
     the exported best model, on the fitness rows and the held-out test rows."""
-    models = dict(bench.reference_models())
-    models["evolved (best/model)"] = lambda: bench.load_exported(out / "best" / "model")
     rows = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(models), unit="model", desc="scoring", dynamic_ncols=True, leave=False)
-    for label, make in models.items():
-        if bar is not None:
-            bar.set_postfix_str(label)
-        model = make()
-        rows[label] = {"fitness": bench.score(model, fit_rows), "test": bench.score(model, test_rows)}
-        msg = f"{label:<34} fitness {rows[label]['fitness']['score']:5.1f}   test {rows[label]['test']['score']:5.1f}"
+        bar = tqdm(total=len(pool.labels), unit="model", desc="scoring", dynamic_ncols=True, leave=False)
+    for label, scored in pool.score_models(out / "best" / "model"):
+        rows[label] = scored
+        msg = f"{label:<34} fitness {scored['fitness']['score']:5.1f}   test {scored['test']['score']:5.1f}"
         if bar is not None:
             bar.write(msg)
             bar.update(1)
@@ -151,15 +145,18 @@ def evaluate_rows(out: Path, bench, fit_rows, test_rows, progress=True, log=prin
     return rows
 
 
-def run(cfg: RunConfig | None, out, resume: bool = False, progress: bool = True, log=print) -> dict:
+def run(cfg: RunConfig | None, out, resume: bool = False, progress: bool = True, log=print,
+        execution: dict = None) -> dict:
     """`evollm merge --config` (and `evovlm merge --config`): search, export, report. Returns the report
-    data. The task the config names picks the workbench (the model kind) for the config's space.
+    data. The task the config names picks the workbench (the model kind) for the config's space;
+    `execution` (e.g. {"workers": 2}) overrides how it runs, also for a resumed run.
 
     Everything the run reads (models, tokenizer, data) is loaded before the run folder is made, and a
     run that stops before its first candidate leaves no folder behind."""
-    folder = RunFolder(Path(out), cfg, resume, log)
+    folder = RunFolder(Path(out), cfg, resume, log, execution)
     failed = True
     try:
+        folder.cfg = with_threads(folder.cfg)
         if folder.cfg.search.space == "ps+dfs":
             data = run_ps_dfs(folder, progress, log)
         else:
@@ -200,49 +197,28 @@ def run_ps_dfs(folder: RunFolder, progress, log) -> dict:
         "failures": merge_failures(ps_data["failures"], dfs_data["failures"])}
 
 
-def prepare(cfg: RunConfig, log):
-    """Load everything the run reads (models, tokenizer, data): every input error surfaces here,
-    before the run folder exists."""
-    import torch
-    t0 = time.time()
-    if cfg.search.threads:                  # before any model exists: every candidate computes with them
-        torch.set_num_threads(cfg.search.threads)
-    n = len(cfg.models)
-    log(f"loading the base model, {n} source{'s' * (n != 1)}, the tokenizer and the task's data "
-        f"({cfg.device}, {cfg.dtype}, {torch.get_num_threads()} CPU threads) ...")
-    bench = open_workbench(cfg)
-    t = cfg.task
-    fit_rows = bench.task.rows(t.fitness, cfg.seed)
-    test_rows = bench.task.rows(t.test, cfg.seed)
-    for split, rows in (("fitness", fit_rows), ("test", test_rows)):
-        if not rows:
-            raise ValueError(f"task.{split}.data: {getattr(t, split).data} has no items")
-    bench.ready(fit_rows, log)
-    return bench, fit_rows, test_rows, time.time() - t0
-
-
 def run_one(cfg: RunConfig, out: Path, progress, log, create=lambda: None) -> dict:
     done = out / "report.json"              # written last: the run (phase) finished, nothing is left to do
     if done.exists():
         log(f"{out}: finished earlier (its report.json is complete); nothing is recomputed")
         return json.loads(done.read_text())
-    bench, fit_rows, test_rows, secs = prepare(cfg, log)
-    space = bench.space
-    create()
-    log(f"run {out}: {len(cfg.models)} sources, {space.dim} genes, {cfg.search.budget} candidates on "
-        f"{len(fit_rows)} fitness items ({cfg.device}, loaded in {secs:.1f} s)")
-    state = search(cfg, out, bench, fit_rows, progress, log)
-    best = state["best"]
-    log(f"best candidate {best['index']}: fitness {best['score']:.1f}; exporting to {out / 'best'}")
-    export_best(out, bench, best)
-    rows = evaluate_rows(out, bench, fit_rows, test_rows, progress, log)
+    with open_pool(cfg, log) as pool:
+        space, task = pool.space, pool.task
+        create()
+        workers = f", {pool.workers} workers" if pool.workers > 1 else ""
+        log(f"run {out}: {len(cfg.models)} sources, {space.dim} genes, {cfg.search.budget} candidates on "
+            f"{task.fitness_items} fitness items ({cfg.device}{workers}, loaded in {pool.load_s:.1f} s)")
+        state = search(cfg, out, pool, progress, log)
+        best = state["best"]
+        log(f"best candidate {best['index']}: fitness {best['score']:.1f}; exporting to {out / 'best'}")
+        export_best(out, pool, best)
+        rows = evaluate_rows(out, pool, progress, log)
     records = read_candidates(out / "candidates.jsonl")
     data = {"config": cfg.name, "best": best, "history": state["history"], "rows": rows,
-            "fitness_items": len(fit_rows), "test_items": len(test_rows),
-            "baselines": bench.task.baselines(fit_rows, test_rows), "task": bench.task.name,
-            "columns": [list(c) for c in bench.task.columns],
+            "fitness_items": task.fitness_items, "test_items": task.test_items,
+            "baselines": task.baselines, "task": task.name, "columns": task.columns, "workers": pool.workers,
             "timing": timing(records), "failures": failures(records)}
-    write_report(out, cfg, data, space, bench.task)
+    write_report(out, cfg, data, space, task)
     return data
 
 

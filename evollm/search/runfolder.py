@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from ..fsutil import RunLock, append_line, clean_stale, is_leftover, write_atomic
-from .config import ConfigError, RunConfig, dump_config, parse_config
+from .config import EXECUTION, ConfigError, RunConfig, config_diff, dump_config, parse_config, with_execution
 
 RUN_FILES = ("config.yaml", "run.lock", "candidates.jsonl", "checkpoint.pkl", "best", "fitness.png", "path.png",
              "report.md", "report.json", "ps", "dfs")
@@ -81,21 +81,23 @@ class RunFolder:
     run's; one left by a run that stopped before its first candidate is reused. `--resume` takes the
     lock first, so a second process on the same folder fails at once, naming the holder."""
 
-    def __init__(self, out: Path, cfg: RunConfig | None, resume: bool, log=print):
+    def __init__(self, out: Path, cfg: RunConfig | None, resume: bool, log=print, execution: dict = None):
+        """`execution`: execution fields (config.EXECUTION, e.g. workers) that override the config's
+        (a resumed run's too)."""
         self.out, self.resume, self.log = Path(out), resume, log
         self.lock, self.created = RunLock(self.out), False
         if resume:
             old = stored_config(self.out)
-            if cfg is not None and cfg != old:
-                new_d, old_d = cfg.to_dict(), old.to_dict()
-                diff = sorted(k for k in set(new_d) | set(old_d) if new_d.get(k) != old_d.get(k))
+            diff = config_diff(cfg, old) if cfg is not None else []
+            if diff:
                 raise ConfigError(f"--resume: the config given differs from {self.out / 'config.yaml'} in {diff}; "
                                   "resume without --config, or start a new run folder")
-            self.cfg = old
+            given = old if cfg is None else with_execution(old, **{k: getattr(cfg.search, k) for k in EXECUTION})
+            self.cfg = with_execution(given, **(execution or {}))
             self.lock.acquire()
             clean_stale(self.out)
             return
-        self.cfg = cfg
+        self.cfg = with_execution(cfg, **(execution or {}))
         if not self.out.exists():
             return
         if not self.out.is_dir():
@@ -139,11 +141,11 @@ def stage_folder(cfg: RunConfig, out: Path) -> RunConfig:
     """A PS+DFS phase's sub-folder: created with its config, or reopened (refusing a different config)."""
     if (out / "config.yaml").exists():
         old = stored_config(out)
-        if old != cfg:
+        if config_diff(cfg, old):
             raise ConfigError(f"{out / 'config.yaml'}: this phase was started with another config "
                               "(was the PS phase's output changed?)")
         clean_stale(out)
-        return old
+        return cfg
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", dump_config(cfg))
     return cfg

@@ -171,7 +171,8 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
 def test_search_threads_fix_the_cpu_threads_every_candidate_computes_with(monkeypatch):
     """CPU float results depend on torch's thread count (measured on the world: 11% of a merge's weights
     differ by an ulp between 1 and 2 threads), so a config can fix it; the run sets it before loading."""
-    import evollm.search.run as run_mod
+    import evollm.search.pool as pool_mod
+    import evollm.search.workbench as wb_mod
     cfg = C.parse_config(cfg_data(search__threads=1), "RUN.yaml", ROOT / "configs")
     seen, logged = [], []
 
@@ -181,11 +182,11 @@ def test_search_threads_fix_the_cpu_threads_every_candidate_computes_with(monkey
     def open_workbench(c):              # where the run starts loading models: note the threads, stop
         seen.append(torch.get_num_threads())
         raise Loaded
-    monkeypatch.setattr(run_mod, "open_workbench", open_workbench)
+    monkeypatch.setattr(wb_mod, "open_workbench", open_workbench)
     before = torch.get_num_threads()
     try:
         with pytest.raises(Loaded):
-            run_mod.prepare(cfg, logged.append)
+            pool_mod.prepare(cfg, logged.append)
     finally:
         torch.set_num_threads(before)
     assert seen == [1] and "1 CPU threads" in logged[0]
