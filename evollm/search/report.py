@@ -113,7 +113,7 @@ def write_report(out: Path, cfg, data: dict, space, task) -> None:
                 *[f"| {k} | {m} | {i} | {sc:.3f} |" for k, (m, i, sc) in enumerate(path)], "",
                 "![the evolved path](path.png)", ""]
     md = [f"# Run `{cfg.name}`", "",
-          f"Machine: {machine()}. Device: {cfg.device}.", "",
+          f"Machine: {machine()}. Device: {cfg.device}{workers_note(data, cfg)}.", "",
           f"Search: {s.optimizer} over {describe_search(s, space)}, "
           f"population {s.popsize}, sigma {s.sigma:.3g}, {tm.get('candidates', 0)} candidates "
           f"({data['failures']['failed']} failed), seed {cfg.seed}; fitness on {data['fitness_items']} items, "
@@ -127,6 +127,12 @@ def write_report(out: Path, cfg, data: dict, space, task) -> None:
           "Best recipe (`best/recipe.yaml`; `best/model/` is its export):", "", "```yaml", recipe.rstrip(), "```", ""]
     write_atomic(out / "report.md", "\n".join(md))
     write_atomic(out / "report.json", json.dumps(data, indent=1, ensure_ascii=False))
+
+
+def workers_note(data: dict, cfg) -> str:
+    n, t = data.get("workers", 1), cfg.search.threads
+    threads = f"{t} CPU thread{'s' * (t != 1)}" if t else "torch's default CPU threads"
+    return f", {n} Ray workers x {threads}" if n > 1 else f", {threads}"
 
 
 def failures(records) -> dict:
@@ -167,7 +173,7 @@ def write_ps_dfs_report(out: Path, cfg, ps: dict, dfs: dict) -> None:
     rows = dict(ps["rows"])
     rows["evolved PS+DFS (dfs/best/model)"] = dfs["rows"]["evolved (best/model)"]
     data = {**ps, "rows": rows, "failures": merge_failures(ps["failures"], dfs["failures"])}
-    md = [f"# Run `{cfg.name}` (PS+DFS)", "", f"Machine: {machine()}. Device: {cfg.device}.", "",
+    md = [f"# Run `{cfg.name}` (PS+DFS)", "", f"Machine: {machine()}. Device: {cfg.device}{workers_note(ps, cfg)}.", "",
           f"Phase 1, parameter space: [ps/report.md](ps/report.md). Phase 2, data-flow space over A = the PS-merged "
           f"model and B = {cfg.search.dfs.b}: [dfs/report.md](dfs/report.md).", "",
           *failure_block(data), table(data), "", "![the evolved path](dfs/path.png)", ""]
