@@ -18,17 +18,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .pool import LocalPool
+from .runfolder import RunFailed
 
 INSTALL = "pip install 'evollm[ray]'"
 MAX_DEATHS = 3              # a job whose worker died this many times is given up (a candidate: failed)
 _started = []               # the Ray instance this process started (shut down when its pool closes)
 
 
+class PoolError(ValueError):
+    """The pool cannot start as asked (Ray missing, too few cores or GPUs): an input error."""
+
+
 def import_ray():
     try:
         import ray
     except ImportError:
-        raise RuntimeError(f"search.workers > 1 (or a Ray address) runs candidates on a Ray actor pool, and Ray "
+        raise PoolError(f"search.workers > 1 (or a Ray address) runs candidates on a Ray actor pool, and Ray "
                            f"is not installed: {INSTALL}") from None
     return ray
 
@@ -95,10 +100,10 @@ class RayPool:
         # times over); a GPU worker reserves its GPU and one core
         cpus = 1 if gpu else s.threads
         if gpu and res.get("GPU", 0) < s.workers:
-            raise RuntimeError(f"search.workers: {s.workers} workers on device {cfg.device} need {s.workers} GPUs (one "
+            raise PoolError(f"search.workers: {s.workers} workers on device {cfg.device} need {s.workers} GPUs (one "
                                f"each); the Ray cluster has {int(res.get('GPU', 0))}")
         if res.get("CPU", 0) < s.workers * cpus:
-            raise RuntimeError(
+            raise PoolError(
                 f"search.workers {s.workers} x search.threads {s.threads} = {s.workers * s.threads} CPU threads; the "
                 f"Ray cluster has {int(res.get('CPU', 0))} cores. Lower search.threads (--threads; a run computes the "
                 "same bits with any number of workers, but not with another thread count) or search.workers")
@@ -129,7 +134,7 @@ class RayPool:
     def _spawn(self) -> Slot:
         """Start one more worker (it loads in the background, its start future in `_starting`)."""
         if self.made >= 4 * self.workers + MAX_DEATHS:
-            raise RuntimeError(f"the Ray pool's workers keep dying ({self.made - self.workers} replaced); "
+            raise RunFailed(f"the Ray pool's workers keep dying ({self.made - self.workers} replaced); "
                                "see the messages above")
         slot = Slot(f"w{self.made}", self.actor_cls.remote())
         self.made += 1
@@ -174,7 +179,7 @@ class RayPool:
                         RayPool.on_dispatch(self, slot, job)
             waiting = list(inflight) + list(self._starting)
             if not waiting:
-                raise RuntimeError("every worker of the Ray pool is gone and none could be started again")
+                raise RunFailed("every worker of the Ray pool is gone and none could be started again")
             (fut,), _ = self.ray.wait(waiting, num_returns=1)
             if fut in self._starting:
                 slot = self._starting.pop(fut)
@@ -217,7 +222,7 @@ class RayPool:
 
     def _one_job(self, method, args, what):
         def give_up(msg):
-            raise RuntimeError(f"the Ray pool could not finish {what}: {msg}")
+            raise RunFailed(f"the Ray pool could not finish {what}: {msg}")
         return next(self._ordered([SimpleNamespace(key=0, method=method, args=args, what=what, give_up=give_up)]))
 
     def export_best(self, best: dict, folder):
@@ -225,7 +230,7 @@ class RayPool:
 
     def score_models(self, exported):
         def give_up(msg):
-            raise RuntimeError(f"the Ray pool could not score the report's models: {msg}")
+            raise RunFailed(f"the Ray pool could not score the report's models: {msg}")
         exported = str(Path(exported).resolve())
         todo = [SimpleNamespace(key=k, method="score", args=(label, exported), what=f"scoring {label}",
                                 give_up=give_up) for k, label in enumerate(self.labels)]

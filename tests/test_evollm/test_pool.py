@@ -13,7 +13,7 @@ import pytest
 from helpers import small
 
 from evollm.search import config as C
-from evollm.search.raypool import RayPool
+from evollm.search.raypool import PoolError, RayPool
 from evollm.search.run import read_candidates, run
 
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ def test_a_serial_run_resumes_with_two_workers(cluster, cfg, serial, tmp_path, m
 
 def test_more_cpu_threads_than_the_cluster_has_is_refused_before_loading(cluster, cfg, tmp_path):
     big = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, threads=2))
-    with pytest.raises(RuntimeError, match=r"search.workers 2 x search.threads 2 = 4 CPU threads; the Ray cluster "
+    with pytest.raises(PoolError, match=r"search.workers 2 x search.threads 2 = 4 CPU threads; the Ray cluster "
                                            r"has 2 cores"):
         run(big, tmp_path / "run", execution={"workers": 2}, **QUIET)
     assert not (tmp_path / "run").exists()
@@ -152,7 +152,7 @@ def test_more_cpu_threads_than_the_cluster_has_is_refused_before_loading(cluster
 
 def test_without_ray_more_workers_say_how_to_install_it(cfg, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)                 # `import ray` fails as if not installed
-    with pytest.raises(RuntimeError, match=r"pip install 'evollm\[ray\]'"):
+    with pytest.raises(PoolError, match=r"pip install 'evollm\[ray\]'"):
         run(cfg, tmp_path / "run", execution={"workers": 2}, **QUIET)
     assert not (tmp_path / "run").exists()
 

@@ -74,6 +74,8 @@ def cfg_data(**over):
     ({"search__budget": "many"}, "search.budget"),
     ({"search__optimizer": "adam"}, "search.optimizer"),
     ({"search__threads": 0}, "search.threads"),
+    ({"search__workers": 0}, "search.workers"),
+    ({"search__ray_address": 5}, "search.ray_address"),
     ({"task__fitness__data": None}, "task.fitness.data"),
     ({"task__max_new_tokens": 0}, "task.max_new_tokens"),
     ({"device": "tpu"}, "device"),
@@ -85,6 +87,22 @@ def cfg_data(**over):
 def test_bad_config_values_name_the_field(over, field):
     with pytest.raises(C.ConfigError, match=rf"RUN.yaml: .*`{field}`"):
         C.parse_config(cfg_data(**over), "RUN.yaml", ROOT / "configs")
+
+
+def test_workers_are_how_a_run_executes_and_threads_what_it_computes(tmp_path):
+    """A resume may change search.workers / ray_address; an unset search.threads matches the count the
+    run folder recorded, a different one does not; --threads reaches search.threads."""
+    import dataclasses
+    stored = C.parse_config(cfg_data(search__threads=2), "RUN.yaml", ROOT / "configs")
+    given = C.parse_config(cfg_data(search__workers=4, search__ray_address="auto"), "RUN.yaml", ROOT / "configs")
+    assert C.config_diff(given, stored) == []
+    assert C.config_diff(dataclasses.replace(given, search=dataclasses.replace(given.search, threads=1)),
+                         stored) == ["search"]
+    assert C.with_execution(stored, workers=3, ray_address=None).search.workers == 3
+    with pytest.raises(C.ConfigError, match="--workers must be at least 1"):
+        C.with_execution(stored, workers=0)
+    loaded = C.load_config(ROOT / "configs" / "world-ja-math.yaml", {"search.threads": 1, "seed": 5})
+    assert loaded.search.threads == 1 and loaded.seed == 5 and loaded.search.popsize == 8
 
 
 def test_shipped_configs_validate():
@@ -141,6 +159,8 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
         assert (out / f).exists(), f
     recs = read_candidates(out / "candidates.jsonl")
     assert [r["index"] for r in recs] == list(range(12)) and {r["generation"] for r in recs} == {1, 2, 3}
+    # an unset search.threads is fixed at the start and recorded (a resume with any workers uses it)
+    assert cfg.search.threads is None and C.load_config(out / "config.yaml").search.threads == torch.get_num_threads()
     assert all(r["merge_s"] > 0 and r["eval_s"] > 0 and r["error"] is None for r in recs)
     best = max(recs, key=lambda r: r["score"])
     assert data["best"]["score"] == best["score"]
@@ -159,7 +179,7 @@ def test_short_run_writes_the_whole_run_folder(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "run.lock"}
     logged = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_mod, "prepare", lambda *a: pytest.fail("a finished run loaded its models again"))
+        mp.setattr(run_mod, "open_pool", lambda *a: pytest.fail("a finished run loaded its models again"))
         again = run(None, out, resume=True, progress=False, log=logged.append)
     assert again == json.loads(json.dumps(data)) and "finished earlier" in logged[0]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "run.lock"} == before
@@ -334,3 +354,11 @@ def test_the_readme_config_block_is_the_default_config():
                       re.S).group(1)
     assert C.parse_config(yaml.safe_load(block), "README", ROOT / "configs") == \
         C.load_config(ROOT / "configs" / "world-ja-math.yaml")
+
+
+def test_resume_takes_workers_but_not_threads_from_the_command_line(tmp_path, capsys):
+    from evollm.cli import main
+    assert main(["merge", "--out", str(tmp_path / "x"), "--resume", "--threads", "1"]) == 2
+    assert "--threads would change it" in capsys.readouterr().err
+    assert main(["merge", "--out", str(tmp_path / "x"), "--resume", "--workers", "2"]) == 2   # no such run
+    assert "is not a run folder" in capsys.readouterr().err
