@@ -25,9 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from evollm.fsutil import write_atomic  # noqa: E402
 from evollm.search.config import load_config  # noqa: E402
-from evollm.search.pool import open_pool  # noqa: E402
 from evollm.search.report import machine  # noqa: E402
-from evollm.search.run import read_candidates, search  # noqa: E402
+from evollm.search.run import open_pool, read_candidates, search  # noqa: E402
 
 
 def one(cfg, workers: int, threads: int, work: Path) -> dict:

@@ -94,14 +94,6 @@ class LocalPool:
         self.close()
 
 
-def open_pool(cfg, log):
-    """The pool the config asks for: this process, or `search.workers` Ray actors."""
-    if cfg.search.workers > 1 or cfg.search.ray_address:
-        from .raypool import RayPool
-        return RayPool(cfg, log)
-    return LocalPool.open(cfg, log)
-
-
 def with_threads(cfg):
     """The config with `search.threads` fixed: if unset, torch's default here (this machine's cores), for
     any number of workers, so that a run gives the same bits with any worker count; a run folder records

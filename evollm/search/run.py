@@ -25,7 +25,7 @@ from .config import ModelRef, RunConfig
 from .report import failures, merge_failures, write_ps_dfs_report, write_report
 from .runfolder import (CandidateLog, RunFailed, RunFolder, load_checkpoint,  # noqa: F401 (RunFailed)
                         read_candidates, save_checkpoint, stage_folder)
-from .pool import open_pool, with_threads
+from .pool import LocalPool, with_threads
 
 WORST = -1.0            # what the optimizer is told for a failed candidate (every real score is >= 0)
 
@@ -195,6 +195,14 @@ def run_ps_dfs(folder: RunFolder, progress, log) -> dict:
         "evolved PS+DFS (dfs/best/model)": dfs_data["rows"]["evolved (best/model)"]}},
         "baselines": ps_data["baselines"], "columns": ps_data["columns"],
         "failures": merge_failures(ps_data["failures"], dfs_data["failures"])}
+
+
+def open_pool(cfg: RunConfig, log):
+    """Where the run's candidates are scored: this process, or `search.workers` Ray actors."""
+    if cfg.search.workers > 1 or cfg.search.ray_address:
+        from .raypool import RayPool
+        return RayPool(cfg, log)
+    return LocalPool.open(cfg, log)
 
 
 def run_one(cfg: RunConfig, out: Path, progress, log, create=lambda: None) -> dict:
