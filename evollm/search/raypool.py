@@ -101,7 +101,7 @@ class RayPool:
         cpus = 1 if gpu else s.threads
         if gpu and res.get("GPU", 0) < s.workers:
             raise PoolError(f"search.workers: {s.workers} workers on device {cfg.device} need {s.workers} GPUs (one "
-                               f"each); the Ray cluster has {int(res.get('GPU', 0))}")
+                            f"each); the Ray cluster has {int(res.get('GPU', 0))}")
         if res.get("CPU", 0) < s.workers * cpus:
             raise PoolError(
                 f"search.workers {s.workers} x search.threads {s.threads} = {s.workers * s.threads} CPU threads; the "
@@ -115,8 +115,13 @@ class RayPool:
         try:
             for _ in range(s.workers):
                 self._spawn()
+            from ray.exceptions import RayActorError
             for fut, slot in list(self._starting.items()):
-                slot.info = self._get(fut)
+                try:
+                    slot.info = self._get(fut)
+                except RayActorError as e:
+                    raise RunFailed(f"Ray worker {slot.label} died while loading the run's inputs "
+                                    f"({type(e).__name__}: {str(e)[:300]})") from None
             self._starting.clear()
             first = self.slots[0]
             for line in first.info["log"]:
@@ -135,7 +140,7 @@ class RayPool:
         """Start one more worker (it loads in the background, its start future in `_starting`)."""
         if self.made >= 4 * self.workers + MAX_DEATHS:
             raise RunFailed(f"the Ray pool's workers keep dying ({self.made - self.workers} replaced); "
-                               "see the messages above")
+                            "see the messages above")
         slot = Slot(f"w{self.made}", self.actor_cls.remote())
         self.made += 1
         self.slots.append(slot)
