@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from evollm.generate import batches
+from evollm.generate import batches, count_generated
 
 
 def load_vlm(model_dir, device: str = "cpu", dtype=torch.float32):
@@ -39,5 +39,7 @@ def generate_answers(model, processor, images, questions, protocol, *, batch_siz
             enc["pixel_values"] = enc["pixel_values"].to(dtype)
         ids = model.generate(**enc, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                              **gen)
-        out += [t.strip() for t in tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], **DECODE)]
+        new = ids[:, enc["input_ids"].shape[1]:]
+        count_generated(new, tok.pad_token_id)
+        out += [t.strip() for t in tok.batch_decode(new, **DECODE)]
     return out

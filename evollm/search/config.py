@@ -61,8 +61,9 @@ DEFAULTS: dict = {
     },
     "task": {
         "name": "ja-math",
-        "fitness": {"data": None, "split": "test", "config": "ja", "limit": None},
-        "test": {"data": None, "split": "test", "config": "ja", "limit": None},
+        "fitness": {"data": None, "split": "test", "config": "ja", "limit": None,
+                    "schedule": None},      # {block, confidence, select, tolerance}: racing (race.py); None: all items
+        "test": {"data": None, "split": "test", "config": "ja", "limit": None, "schedule": None},
         "protocol": None,               # evollm.protocols: ja-math improved (default) | official;
                                         # ja-vqa official (default) | world
         "max_new_tokens": None,         # generation settings; None: the protocol's
@@ -165,11 +166,23 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """Racing fitness: items in blocks of `block` (a fixed seeded order); after each block a candidate
+    whose upper confidence bound is below the `select`-th best lower bound of its generation (plus
+    `tolerance` score points: differences too small to matter) stops."""
+    block: int
+    confidence: float
+    select: Optional[int]               # None: the optimizer's selection, popsize // 2
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
 class DataSpec:
     data: str
     split: str
     config: Optional[str]
     limit: Optional[int]
+    schedule: Optional[Schedule] = None         # the fitness split's only
 
 
 @dataclass(frozen=True)
@@ -238,7 +251,9 @@ class RunConfig:
             search=SearchConfig(**{**s, "fixed": MappingProxyType(dict(s["fixed"])),
                                    "params": MappingProxyType({k: Bounds(**b) for k, b in s["params"].items()}),
                                    "dfs": DfsConfig(**{**s["dfs"], "scale": Bounds(**s["dfs"]["scale"])})}),
-            task=TaskConfig(**{**t, "fitness": DataSpec(**t["fitness"]), "test": DataSpec(**t["test"])}),
+            task=TaskConfig(**{**t, "fitness": DataSpec(**{**t["fitness"], "schedule": t["fitness"]["schedule"] and
+                                                           Schedule(**t["fitness"]["schedule"])}),
+                               "test": DataSpec(**{**t["test"], "schedule": None})}),
             report=ReportConfig(**d["report"]))
 
     def phase(self, space: str, name: str, **search) -> "RunConfig":
@@ -385,6 +400,22 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
         d["data"] = _path(d["data"], base_dir)
         if d["limit"] is not None:
             num(f"task.{split}.limit", d["limit"], 1, integer=True)
+    if t["test"]["schedule"] is not None:
+        err("task.test.schedule", "must be null: the held-out test scores every item (a schedule is the fitness split's)")
+    sch = t["fitness"]["schedule"]
+    if sch is not None:
+        field = "task.fitness.schedule"
+        if not isinstance(sch, dict) or set(sch) - {"block", "confidence", "select", "tolerance"}:
+            err(field, f"must be {{block: N, confidence: C, select: K, tolerance: T}} (or null: every item), "
+                f"got {sch!r}")
+        sch = {"block": 25, "confidence": 0.95, "select": None, "tolerance": 0.0, **sch}
+        num(f"{field}.tolerance", sch["tolerance"], 0.0, 100.0)
+        num(f"{field}.block", sch["block"], 1, integer=True)
+        num(f"{field}.confidence", sch["confidence"], 0.5, 0.999999)
+        if sch["select"] is not None:
+            num(f"{field}.select", sch["select"], 1, s["popsize"], integer=True)
+        t["fitness"]["schedule"] = {"block": sch["block"], "confidence": float(sch["confidence"]),
+                                    "select": sch["select"], "tolerance": float(sch["tolerance"])}
     from .. import protocols
     known = protocols.names(t["name"])
     if t["protocol"] is not None and t["protocol"] not in known:

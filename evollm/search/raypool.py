@@ -69,8 +69,8 @@ class Worker:
     def describe(self):
         return self.local.space, self.local.task, list(self.local.models(None))
 
-    def evaluate(self, params: dict) -> dict:
-        return next(self.local.evaluate([(None, params)]))
+    def evaluate(self, params: dict, items) -> dict:
+        return next(self.local.evaluate([(None, params, items)]))
 
     def export_best(self, best: dict, folder: str):
         self.local.export_best(best, Path(folder))
@@ -219,9 +219,10 @@ class RayPool:
 
     def evaluate(self, jobs):
         def give_up(msg):
-            return ({"merge_s": None, "eval_s": None, "error": f"WorkerDied: {msg}", "score": None}, None)
-        todo = [SimpleNamespace(key=k, method="evaluate", args=(params,), what=f"scoring candidate {n}",
-                                give_up=give_up) for k, (n, params) in enumerate(jobs)]
+            return ({"merge_s": None, "eval_s": None, "error": f"WorkerDied: {msg}", "score": None, "items": 0,
+                     "tokens": 0}, None)
+        todo = [SimpleNamespace(key=k, method="evaluate", args=(job[1], job[2] if len(job) > 2 else None),
+                                what=f"scoring candidate {job[0]}", give_up=give_up) for k, job in enumerate(jobs)]
         for rec, label in self._ordered(todo):
             yield {**rec, "worker": label}
 

@@ -59,7 +59,9 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=budget, initial=state["evaluated"], unit="cand", dynamic_ncols=True)
-    best = max((r for r in done if r["score"] is not None), key=lambda r: r["score"], default=None)
+    n_items = pool.task.fitness_items
+    best = max((r for r in done if r["score"] is not None and r.get("items", n_items) == n_items),
+               key=lambda r: r["score"], default=None)
     cand_log = CandidateLog(cand_path, done + pending)
     try:
         while state["evaluated"] < budget:
@@ -72,7 +74,7 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
                 if prev["index"] != rec["index"] or prev["genome"] != rec["genome"]:
                     raise RunFailed(f"{cand_path}: candidate {rec['index']} in the log is not the one the restored "
                                     "optimizer asks for (was the config or code changed?)")
-            fresh = pool.evaluate([(r["index"], r["parameters"]) for r in asked[len(pending):]])
+            fresh = score_generation(cfg, pool, [(r["index"], r["parameters"]) for r in asked[len(pending):]])
             records = []
             for i, rec in enumerate(asked):
                 if i < len(pending):
@@ -81,7 +83,8 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
                     rec = {**rec, **next(fresh)}
                     cand_log.append(rec)
                 records.append(rec)
-                if rec["score"] is not None and (best is None or rec["score"] > best["score"]):
+                complete = rec.get("items", n_items) == n_items      # raced out early: not a best
+                if complete and rec["score"] is not None and (best is None or rec["score"] > best["score"]):
                     best = rec
                 if rec["error"]:
                     log(f"candidate {rec['index']}: {rec['error']}")
@@ -115,6 +118,17 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
         raise RunFailed(f"every candidate failed; see the `error` fields in {cand_path}")
     state["best"] = best
     return state
+
+
+def score_generation(cfg: RunConfig, pool, jobs):
+    """A generation's fresh candidates' records, in order: each on every fitness item, or raced
+    (race.py) when the config has a fitness schedule."""
+    schedule = cfg.task.fitness.schedule
+    if schedule is None:
+        return pool.evaluate(jobs)
+    from .race import race
+    select = schedule.select or max(1, cfg.search.popsize // 2)
+    return iter(race(pool.evaluate, jobs, pool.task.fitness_items, schedule, select, cfg.seed))
 
 
 def export_best(out: Path, pool, best: dict) -> Path:

@@ -107,14 +107,16 @@ class Workbench:
     def evaluate_candidate(self, params: dict, rows) -> dict:
         """Build, check, score; a candidate that raises (NaN/inf weights, out of memory, ...) gets score
         None and its error, and the run goes on."""
+        from ..generate import GENERATED
         t0 = time.perf_counter()
-        out = {"merge_s": None, "eval_s": None, "error": None}
+        out = {"merge_s": None, "eval_s": None, "error": None, "items": len(rows), "tokens": 0}
         try:
             model = self.candidate(params)
             out["merge_s"] = round(time.perf_counter() - t0, 3)
-            t1 = time.perf_counter()
+            t1, tokens = time.perf_counter(), GENERATED["tokens"]
             r = self.score(model, rows)
             out["eval_s"] = round(time.perf_counter() - t1, 3)
+            out["tokens"] = GENERATED["tokens"] - tokens
             out.update({k: v for k, v in r.items() if k != "examples"})
         except (RuntimeError, ValueError, ArithmeticError, KeyError) as e:   # incl. torch.OutOfMemoryError
             if torch.cuda.is_available():
