@@ -122,11 +122,23 @@ def write_report(out: Path, cfg, data: dict, space, task) -> None:
           task.note, "",
           table(data), "",
           f"Time per candidate: merge {tm.get('merge_s', 0):.2f} s + evaluation {tm.get('eval_s', 0):.2f} s "
-          f"(mean over the candidates of this run folder).", "",
+          f"(mean over the candidates of this run folder).", "", *cost_line(tm, cfg),
           "![fitness per generation](fitness.png)", "", *arch,
           "Best recipe (`best/recipe.yaml`; `best/model/` is its export):", "", "```yaml", recipe.rstrip(), "```", ""]
     write_atomic(out / "report.md", "\n".join(md))
     write_atomic(out / "report.json", json.dumps(data, indent=1, ensure_ascii=False))
+
+
+def cost_line(tm: dict, cfg) -> list:
+    """The fitness items and generated tokens the search used, against scoring every candidate fully."""
+    if "items" not in tm:
+        return []
+    if cfg.task.fitness.schedule is None:
+        return [f"Fitness cost: {tm['items']} items, {tm['tokens']} generated tokens (every candidate on every item).", ""]
+    return [f"Fitness cost (racing, `task.fitness.schedule`): {tm['items']} items of {tm['full_items']} "
+            f"({tm['items'] / tm['full_items']:.0%}) and {tm['tokens']} generated tokens against about "
+            f"{tm['full_tokens']} ({tm['tokens'] / max(tm['full_tokens'], 1):.0%}) had every candidate been scored "
+            "on every item (its tokens per item scaled up).", ""]
 
 
 def workers_note(data: dict, cfg) -> str:

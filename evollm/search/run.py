@@ -54,6 +54,8 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
     pending = logged[state["evaluated"]:]
     failed_at = next((i for i, r in enumerate(pending) if r.get("error")), len(pending))
     pending = pending[:failed_at]
+    if cfg.task.fitness.schedule is not None:
+        pending = []                # a race's decisions depend on the whole generation: it is raced again
     budget = s.budget
     bar = None
     if progress:
@@ -239,14 +241,22 @@ def run_one(cfg: RunConfig, out: Path, progress, log, create=lambda: None) -> di
     data = {"config": cfg.name, "best": best, "history": state["history"], "rows": rows,
             "fitness_items": task.fitness_items, "test_items": task.test_items,
             "baselines": task.baselines, "task": task.name, "columns": task.columns, "workers": pool.workers,
-            "timing": timing(records), "failures": failures(records)}
+            "timing": timing(records, task.fitness_items), "failures": failures(records)}
     write_report(out, cfg, data, space, task)
     return data
 
 
-def timing(records) -> dict:
+def timing(records, n_items: int) -> dict:
+    """Mean seconds per candidate; the fitness items and generated tokens the candidates used, against a
+    run that scores every candidate on every item (its tokens estimated from each candidate's per item)."""
     ok = [r for r in records if r.get("merge_s") is not None and r.get("eval_s") is not None]
     if not ok:
         return {}
-    return {"merge_s": float(np.mean([r["merge_s"] for r in ok])), "eval_s": float(np.mean([r["eval_s"] for r in ok])),
-            "candidates": len(records)}
+    out = {"merge_s": float(np.mean([r["merge_s"] for r in ok])), "eval_s": float(np.mean([r["eval_s"] for r in ok])),
+           "candidates": len(records)}
+    counted = [r for r in records if r.get("items")]
+    if counted:
+        out.update(items=sum(r["items"] for r in counted), full_items=len(counted) * n_items,
+                   tokens=sum(r["tokens"] for r in counted),
+                   full_tokens=round(sum(r["tokens"] / r["items"] * n_items for r in counted)))
+    return out

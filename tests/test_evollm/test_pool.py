@@ -171,3 +171,14 @@ def test_every_search_space_and_front_end_goes_through_the_pool(cluster, name, t
                    for n in (1, 2)]       # a PS+DFS recipe names its PS phase's export, in its own run folder
         assert recipes[0] == recipes[1]
     assert data[0]["rows"] == data[1]["rows"]
+
+
+def test_a_raced_fitness_runs_the_same_on_two_workers(cluster, cfg, tmp_path):
+    """task.fitness.schedule through the pool: each block of each live candidate is a job."""
+    raced = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, fitness=dataclasses.replace(
+        cfg.task.fitness, schedule=C.Schedule(block=10, confidence=0.9, select=1, tolerance=30))),
+        report=C.ReportConfig(baselines=False, sources=False))
+    for n in (1, 2):
+        run(raced, tmp_path / f"w{n}", execution={"workers": n}, **QUIET)
+    ra, rb = (read_candidates(tmp_path / f"w{n}" / "candidates.jsonl") for n in (1, 2))
+    assert strip(ra) == strip(rb) and any(r["items"] < 30 for r in ra)
