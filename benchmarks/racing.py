@@ -8,6 +8,10 @@ the candidates' merge and evaluation seconds) and the whole command's wall time.
 otherwise idle machine.
 
     python benchmarks/racing.py [--seeds 0 1 2] [--out benchmarks/racing_cpu.md]
+                                [--only LABEL ... --previous benchmarks/racing_cpu.json]
+
+The measured rows are also written as JSON beside --out; `--only` re-measures some schedules and takes
+the other rows from `--previous` (a code change that affects only those schedules).
 """
 
 from __future__ import annotations
@@ -56,17 +60,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--only", nargs="+", choices=list(SCHEDULES), help="measure only these schedules")
+    ap.add_argument("--previous", type=Path, help="rows of the other schedules (a JSON this script wrote)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from evollm.search.report import machine
+    only = args.only or list(SCHEDULES)
+    kept = [r for r in json.loads(args.previous.read_text()) if r["label"] not in only] if args.previous else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for label, schedule in SCHEDULES.items():
-                rows.append(one(label, schedule, seed, Path(tmp)))
-                print(rows[-1], flush=True)
+                if label in only:
+                    rows.append(one(label, schedule, seed, Path(tmp)))
+                    print(rows[-1], flush=True)
+                else:
+                    rows += [r for r in kept if r["label"] == label and r["seed"] == seed]
     full = {r["seed"]: r for r in rows if r["label"] == "full"}
-    lines = [f"Machine: {machine()}.", "",
+    remeasured = f" Re-measured for this table: {', '.join(only)}." if args.previous else ""
+    lines = [f"Machine: {machine()}.{remeasured}", "",
              "The world's default search (configs/world-ja-math.yaml, 96 candidates, 200 fitness items) with every "
              "candidate on every item (full) and with `task.fitness.schedule` (race: "
              + "; ".join(f"{k}: {v}" for k, v in SCHEDULES.items() if v) + "), `python benchmarks/racing.py`.", "",
@@ -90,6 +102,7 @@ def main(argv=None) -> int:
     if args.out:
         from evollm.fsutil import write_atomic
         write_atomic(args.out, text + "\n")
+        write_atomic(args.out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
     return 0
 
 

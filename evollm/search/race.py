@@ -10,7 +10,8 @@ blocks), so that with probability >= `confidence` every interval of the generati
 A candidate stops when its upper bound is below the `select`-th largest lower bound of the generation:
 then at least `select` candidates are better, and it is not one the optimizer selects (with `tolerance`
 T score points: below that bound + T, i.e. it may be selected in truth but by less than T points, a
-difference the user declared too small to pay for; this is what stops candidates tied near zero). The others go
+difference the user declared too small to pay for; this is what stops candidates tied near zero). The
+`select` candidates with the largest lower bounds never stop. The others go
 on, so the candidates the optimizer selects (and the generation's best) are scored on every item; only
 a candidate scored on every item can become the run's best, so the best fitness stays exact. The
 optimizer is told every candidate's mean over the items it saw.
@@ -101,8 +102,10 @@ def race(evaluate, jobs: list, n_items: int, schedule, select: int, seed: int, l
             r = combine(parts[i])
             p = min(max(r["score"] / 100, 0.0), 1.0)
             lower[i], upper[i] = bounds(p, r["items"], n_items, delta)
-        ranked = sorted((lo for lo in lower if lo is not None), reverse=True)
+        ranked = sorted((i for i in range(len(jobs)) if lower[i] is not None and not parts[i][-1]["error"]),
+                        key=lambda i: (-lower[i], i))
         if len(ranked) >= select:
-            bar = ranked[select - 1] + schedule.tolerance / 100
-            live = [i for i in live if upper[i] >= bar]
+            bar = lower[ranked[select - 1]] + schedule.tolerance / 100
+            lead = set(ranked[:select])             # the current top never stops (tolerance could stop it)
+            live = [i for i in live if i in lead or upper[i] >= bar]
     return [combine(p) for p in parts]

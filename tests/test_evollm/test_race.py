@@ -78,7 +78,7 @@ def test_a_tolerance_stops_candidates_tied_near_zero():
     assert all(r["items"] == N for r in strict)                 # nothing can be told apart: all scored fully
     loose = race(synthetic(acc, 1)[1], [(k, {"i": k}) for k in range(8)], N,
                  Schedule(block=25, confidence=0.9, select=None, tolerance=10), 4, seed=1)
-    assert all(r["items"] < N for r in loose)
+    assert sum(r["items"] < N for r in loose) == 4              # all but the 4 leading ones, which never stop
 
 
 def test_racing_is_deterministic_and_a_failed_block_fails_the_candidate():
@@ -113,7 +113,7 @@ def test_a_raced_run_is_exact_where_it_matters_and_resumes_mid_generation(tmp_pa
     from evollm.search.run import read_candidates, run
     c = small(tmp_path, "world-ja-math", budget=16, popsize=8, items=40, max_new_tokens=48,
               report={"sources": False, "baselines": False})
-    sch = Schedule(block=10, confidence=0.9, select=2, tolerance=10)
+    sch = Schedule(block=10, confidence=0.9, select=1, tolerance=30)
     c = dataclasses.replace(c, seed=3, task=dataclasses.replace(c.task, fitness=dataclasses.replace(
         c.task.fitness, schedule=sch)))
     quiet = dict(progress=False, log=lambda *a: None)
