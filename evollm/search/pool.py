@@ -62,10 +62,10 @@ class LocalPool:
         return cls(*prepare(cfg, log))
 
     def evaluate(self, jobs):
-        """jobs: [(candidate index, decoded parameters[, fitness item indices])] -> their score records,
-        in order, one at a time (on every fitness item, or on the job's)."""
-        for job in jobs:
-            yield self.bench.evaluate_candidate(job[1], self.rows_of(job[2] if len(job) > 2 else None))
+        """jobs: [(candidate index, decoded parameters, fitness item indices or None: every item)] -> their
+        score records, in order, one at a time."""
+        for _, params, items in jobs:
+            yield self.bench.evaluate_candidate(params, self.rows_of(items))
 
     def rows_of(self, items):
         return self.fit_rows if items is None else [self.fit_rows[i] for i in items]

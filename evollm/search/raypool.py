@@ -221,7 +221,7 @@ class RayPool:
         def give_up(msg):
             return ({"merge_s": None, "eval_s": None, "error": f"WorkerDied: {msg}", "score": None, "items": 0,
                      "tokens": 0}, None)
-        todo = [SimpleNamespace(key=k, method="evaluate", args=(job[1], job[2] if len(job) > 2 else None),
+        todo = [SimpleNamespace(key=k, method="evaluate", args=(job[1], job[2]),
                                 what=f"scoring candidate {job[0]}", give_up=give_up) for k, job in enumerate(jobs)]
         for rec, label in self._ordered(todo):
             yield {**rec, "worker": label}

@@ -76,7 +76,7 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
                 if prev["index"] != rec["index"] or prev["genome"] != rec["genome"]:
                     raise RunFailed(f"{cand_path}: candidate {rec['index']} in the log is not the one the restored "
                                     "optimizer asks for (was the config or code changed?)")
-            fresh = score_generation(cfg, pool, [(r["index"], r["parameters"]) for r in asked[len(pending):]])
+            fresh = score_generation(cfg, pool, [(r["index"], r["parameters"], None) for r in asked[len(pending):]])
             records = []
             for i, rec in enumerate(asked):
                 if i < len(pending):
