@@ -45,6 +45,12 @@ class VlmWorkbench(PsWorkbench):
         model, processor = load_vlm(resolve_model(self.vlm_ref), cfg.device, dtype)
         return model, processor, tower_targets(model, self.rows)
 
+    def reference_models(self) -> dict:
+        """As for causal LMs; a causal LM's row (the base, a text source) is the VLM with it as the language
+        tower, and says so."""
+        lms = {"base"} | {m.name for m in self.cfg.models if m.model != self.vlm_ref}
+        return {f"{k} as the language tower" if k in lms else k: v for k, v in super().reference_models().items()}
+
     def read_source(self, ref: str) -> dict:
         ck = Checkpoint(resolve_model(ref), name=ref)
         return read_state(ref, self.shapes, TowerView(ck, self.rows) if is_vlm(ck) else ck)

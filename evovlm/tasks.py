@@ -23,6 +23,15 @@ def load_vqa(source: str, split: str = "test") -> list:
     return qa_items(*_load(source, split, ("image",), "VQA data"))
 
 
+def shuffle_images(rows, seed: int) -> list:
+    """`rows` with every image replaced by another row's (a derangement when there are two rows or more)."""
+    order = np.random.RandomState(seed).permutation(len(rows))
+    out = [dict(r) for r in rows]
+    for i, j in zip(order, np.roll(order, -1)):
+        out[i]["image"] = rows[j]["image"]
+    return out
+
+
 class JaVqa:
     name = "ja-vqa"
     columns = (("rouge_l_raw", "ROUGE-L without the language rule"), ("lang_rate", "Japanese"))
@@ -53,6 +62,11 @@ class JaVqa:
         return {"score": s["rougeL_ja"], "rouge_l_raw": s["rougeL"],
                 "lang_rate": 100 * float(np.mean([lang_prob(p) > 0.5 for p in preds])) if preds else 0.0,
                 "examples": preds[:2]}
+
+    def controls(self, rows, seed: int) -> dict:
+        """"images shuffled": every item asked about another item's image (a seeded cyclic shift over a
+        seeded order, so no item keeps its own); a model that answers from the image loses there."""
+        return {"images shuffled": shuffle_images(rows, seed)}
 
     def baselines(self, fit_rows, test_rows) -> list:
         const = collections.Counter(r["answer"] for r in fit_rows).most_common(1)[0][0]

@@ -19,7 +19,7 @@ from evollm.checkpoint import AtomicFolder
 from . import corpus
 from .tokenizer import train_tokenizer
 
-STAGES = ("tokenizer", "base", "finetune", "data", "vlm")
+STAGES = ("tokenizer", "base", "finetune", "data", "scenes", "vlm")
 
 #: the recipe (sizes, steps, learning rates); assets/README.md reports it
 RECIPE = {
@@ -32,7 +32,11 @@ RECIPE = {
     "math-a": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.5},
     "math-b": {"pairs": 60000, "steps": 1000, "batch_size": 64, "lr": 1e-4, "ja_share": 0.4},
     "data": {"mgsm_fitness": 600, "mgsm_test": 250, "mixed_fitness": 400, "mixed_test": 250},
-    "vlm": {},          # miniworld.vlm.train_vlm / vqa_data.build_vqa_data defaults
+    # the VLM experiment's own language models: the base read on over scene texts, and a Japanese model
+    "scene-base": {"docs": 120_000, "steps": 600, "batch_size": 32, "block": 256, "lr": 5e-4, "warmup": 50,
+                   "scene_share": 0.5},
+    "scene-ja": {"pairs": 30000, "steps": 400, "batch_size": 64, "lr": 1e-4, "scene_share": 0.3},
+    "vlm": {"ja_question_frac": 0.0, "short_answers": True},   # other train_vlm / build_vqa_data defaults
 }
 
 
@@ -77,15 +81,15 @@ def stage_base(out: Path, seed: int, device: str, rc: dict):
     _save_model(model.cpu(), tok, out / "models" / "base", {"stage": "base", **c, "final_loss": losses[-1]})
 
 
-def finetune(out: Path, name: str, pairs, seed: int, device: str, c: dict):
+def finetune(out: Path, name: str, pairs, seed: int, device: str, c: dict, base: str = "base"):
     from transformers import AutoModelForCausalLM
     from .train import train
     tok = _load_tok(out)
-    model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(out / "models" / base, dtype=torch.float32)
     losses = train(model, tok, pairs, steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"],
                    warmup=20, seed=seed, device=device, label=name, freeze=tuple(c.get("freeze", ())),
                    weight_decay=c.get("weight_decay", 0.1))
-    _save_model(model.cpu(), tok, out / "models" / name, {"stage": name, "from": "base", **c,
+    _save_model(model.cpu(), tok, out / "models" / name, {"stage": name, "from": base, **c,
                                                          "final_loss": losses[-1]})
 
 
@@ -132,6 +136,28 @@ def stage_data(out: Path, seed: int, device: str, rc: dict):
     for split in ("fitness", "test"):
         _write_jsonl(out / "data" / "mgsm-ja" / f"{split}.jsonl", m[split])
         _write_jsonl(out / "data" / "mixed" / f"{split}.jsonl", mixed[split])
+
+
+def stage_scenes(out: Path, seed: int, device: str, rc: dict):
+    """`scene-base`: the base read on over scene texts (half its documents); `scene-ja`: a Japanese
+    instruction model fine-tuned from it (ja's instructions plus questions about scenes described in text)."""
+    from transformers import AutoModelForCausalLM
+    from .scene_text import scene_base_corpus, scene_ja_pair
+    from .train import train
+    tok, c, b = _load_tok(out), rc["scene-base"], rc["base"]
+    r = _rng("scene-base", seed)
+    base_doc = lambda rng: corpus.base_corpus(rng, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
+    docs = scene_base_corpus(r, c["docs"], c["scene_share"], base_doc)
+    model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
+    losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"], lr=c["lr"],
+                   warmup=c["warmup"], seed=seed, device=device, label="scene-base")
+    _save_model(model.cpu(), tok, out / "models" / "scene-base", {"stage": "scene-base", "from": "base", **c,
+                                                                  "final_loss": losses[-1]})
+    c = rc["scene-ja"]
+    r = _rng("scene-ja", seed)
+    general = ja_pairs(seed, dict(rc["ja"], pairs=c["pairs"]))
+    pairs = [scene_ja_pair(r) if r.random() < c["scene_share"] else p for p in general]
+    finetune(out, "scene-ja", pairs, seed, device, c, base="scene-base")
 
 
 def stage_vlm(out: Path, seed: int, device: str, rc: dict):

@@ -107,7 +107,7 @@ def run(world: Path, target: str = "mgsm-ja", budget: int = 60, fitness_items: i
 
 
 def searched(world: Path, sources, task: str, task_cfg: dict, *, budget, seed=0, device="cpu", layer_groups=1,
-             weight_max=1.0, popsize=8, log=print):
+             weight_max=1.0, popsize=8, base="models/base", log=print):
     """A CMA-ES search over DARE-TIES (normalize off) weight in [0, weight_max] and density in [0.05, 1]
     per source (and per layer group), run as any run is (`evollm.search.run`, in a temporary run
     folder: the same loop, the same pinned DARE masks as the export). Returns (best fitness, its
@@ -117,7 +117,7 @@ def searched(world: Path, sources, task: str, task_cfg: dict, *, budget, seed=0,
     from evollm.search.config import parse_config
     from evollm.search.run import run as run_search
     cfg = parse_config({
-        "name": f"world-{task}", "seed": seed, "device": device, "base_model": str(world / "models" / "base"),
+        "name": f"world-{task}", "seed": seed, "device": device, "base_model": str(world / base),
         "models": [str(world / s) for s in sources], "out_dtype": "float32",
         "search": {"method": "dare_ties", "fixed": {"normalize": False}, "layer_groups": layer_groups,
                    "params": {"weight": {"low": 0.0, "high": weight_max, "init": weight_max / 2},
@@ -129,16 +129,21 @@ def searched(world: Path, sources, task: str, task_cfg: dict, *, budget, seed=0,
     return data["best"]["score"], data["best"]["parameters"]
 
 
+#: the VLM experiment's base LM and Japanese model (its own, read on over scene texts: miniworld.scene_text)
+VQA_BASE, VQA_JA = "scene-base", "scene-ja"
+
+
 def _vqa_merger(world: Path, device: str, vlm_dir=None):
-    """(vlm, processor, merger): an in-memory merger over the VLM's language tower, base and ja."""
+    """(vlm, processor, merger): an in-memory merger over the VLM's language tower, the VLM experiment's
+    base and Japanese model."""
     from safetensors.torch import load_file
     from evovlm.model import LanguageTower
     from evovlm.infer import load_vlm
     vlm, proc = load_vlm(vlm_dir or world / "models" / "vlm-en", device)
     tower = LanguageTower(vlm)
-    base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in ("base", "ja"))
+    base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in (VQA_BASE, VQA_JA))
     vlm_lm = {k: v.detach().clone() for k, v in tower.state_dict().items()}
-    return vlm, proc, InMemoryMerger(tower, base, {"vlm-en": vlm_lm, "ja": ja}, device)
+    return vlm, proc, InMemoryMerger(tower, base, {"vlm-en": vlm_lm, VQA_JA: ja}, device)
 
 
 #: (ja weight, math-a weight) points of `mgsm_grid`
@@ -182,7 +187,7 @@ def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", p
     sets = {s: load_ja_vg_vqa(str(d / f"{f}.parquet")).select(range(items)) for s, f in (("fit", "train"), ("test", "test"))}
     out = {}
     for wv, wj in points:
-        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, "ja": {"weight": wj}})
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, VQA_JA: {"weight": wj}})
         r = {s: evaluate_vqa(vlm, proc, ds, max_new_tokens=24) for s, ds in sets.items()}
         key = f"{wv}/{wj}"
         out[key] = {s: round(x["rouge_l"], 1) for s, x in r.items()}
@@ -193,8 +198,11 @@ def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", p
 
 
 def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0, device: str = "cpu",
-            weight_max: float = 1.0, log=lambda *a: print(*a, flush=True)) -> dict:
-    """JA-VG-VQA (world) test: vlm-en, untuned and searched merges of its language tower with ja."""
+            weight_max: float = 1.0, recipe=None, log=lambda *a: print(*a, flush=True)) -> dict:
+    """JA-VG-VQA (world) test and In-the-Wild (world): vlm-en, the base and the Japanese model as its language
+    tower, untuned merges, and a searched merge (a search here, or the DARE-TIES `recipe` file an
+    `evovlm merge` run found), also with the test images shuffled (each question asked about another
+    item's image: a model that looks must lose)."""
     from evovlm.data import load_in_the_wild, load_ja_vg_vqa
     from .vlm import evaluate_vqa
     vlm, proc, merger = _vqa_merger(world, device)
@@ -204,10 +212,10 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
              "In-the-Wild (world)": load_in_the_wild(str(data / "ja-vlm-bench-in-the-wild" / "test.parquet"))}
     res = {"rows": {}, "examples": {}}
 
-    def record(label):
+    def record(label, shuffle=False):
         res["rows"][label] = {}
         for tname, ds in tests.items():
-            r = evaluate_vqa(vlm, proc, ds, seed=seed)
+            r = evaluate_vqa(vlm, proc, ds, seed=seed, shuffle_images=shuffle)
             res["rows"][label][tname] = round(r["rouge_l"], 1)
             res["examples"].setdefault(label, list(zip(r["questions"][:2], r["predictions"][:2])))
         log(f"{label:<28}{res['rows'][label]}")
@@ -219,27 +227,40 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     from evovlm.data import qa_items
     from evollm.protocols import ja_vqa
     const = Counter(x["answer"] for x in qa_items(fit)).most_common(1)[0][0]
-    res["rows"]["constant answer"] = {
+    res["rows"][f"constant answer ({const})"] = {
         t: round(ja_vqa.score([const] * len(ds), [x["answer"] for x in qa_items(ds)], seed)["rougeL_ja"], 1)
         for t, ds in tests.items()}
     res["constant_answer"] = const
-    log(f"{'constant answer':<28}{res['rows']['constant answer']}  ({const})")
-    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, "ja": {"weight": 1.0}})
-    record("ja language tower")
-    for label, (method, g, per) in untuned(("vlm-en", "ja")).items():
+    log(f"{'constant answer':<28}{res['rows'][f'constant answer ({const})']}")
+    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, VQA_JA: {"weight": 0.0}})
+    record(f"{VQA_BASE} as the language tower")
+    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, VQA_JA: {"weight": 1.0}})
+    record(f"{VQA_JA} as the language tower")
+    for label, (method, g, per) in untuned(("vlm-en", VQA_JA)).items():
         merger.merge(method, g, per, seed=seed)
         record(label)
 
-    t0 = time.time()
-    score, per = searched(world, ["models/vlm-en", "models/ja"], "ja-vqa", {
-        "fitness": {"data": str(data / "ja-vg-vqa-500" / "train.parquet"), "limit": fitness_items},
-        "test": {"data": str(data / "ja-vg-vqa-500" / "test.parquet")}, "protocol": "world"},
-        budget=budget, seed=seed, device=device, weight_max=weight_max, log=log)
-    res["search"] = {"method": "dare_ties", "normalize": False, "models": per, "fitness_rouge_l": round(score, 1),
-                     "weight_max": weight_max,
-                     "budget": budget, "fitness_items": min(fitness_items, len(fit)), "seconds": round(time.time() - t0)}
+    if recipe is not None:
+        from evollm.recipe import load_recipe
+        r = load_recipe(recipe)
+        if r.merge_method != "dare_ties" or not r.models:
+            raise ValueError(f"{recipe}: expected a dare_ties recipe over vlm-en and {VQA_JA}")
+        per = {Path(m.model).name: m.parameters for m in r.models}
+        res["recipe"] = {"file": Path(recipe).name, "models": per}
+        label = "evolved (the recipe)"
+    else:
+        t0 = time.time()
+        score, per = searched(world, ["models/vlm-en", f"models/{VQA_JA}"], "ja-vqa", {
+            "fitness": {"data": str(data / "ja-vg-vqa-500" / "train.parquet"), "limit": fitness_items},
+            "test": {"data": str(data / "ja-vg-vqa-500" / "test.parquet")}, "protocol": "world"},
+            budget=budget, seed=seed, device=device, weight_max=weight_max, base=f"models/{VQA_BASE}", log=log)
+        res["search"] = {"method": "dare_ties", "normalize": False, "models": per,
+                         "fitness_rouge_l": round(score, 1), "weight_max": weight_max, "budget": budget,
+                         "fitness_items": min(fitness_items, len(fit)), "seconds": round(time.time() - t0)}
+        label = "searched DARE-TIES"
     merger.merge("dare_ties", {"normalize": False}, per, seed=seed)
-    record("searched DARE-TIES")
+    record(label)
+    record(f"{label}, images shuffled", shuffle=True)
     return res
 
 
@@ -251,6 +272,15 @@ def table(res) -> str:
         lines.append(f"{label:<28}{r['accuracy']:>9.1f}{r['number_correct']:>11.1f}{r['lang_rate']:>13.1f}")
     lines.append(f"{'constant answer (' + str(b['constant_answer']) + ')':<28}{b['constant']:>9.1f}")
     lines.append(f"{'chance':<28}{b['chance']:>9.1f}")
+    return "\n".join(lines)
+
+
+def vqa_table(res) -> str:
+    """`run_vqa`'s rows as a markdown table (ROUGE-L with the language rule, x100)."""
+    sets = list(next(iter(res["rows"].values())))
+    lines = ["| model | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+    for label, r in res["rows"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{r[t]:.1f}" for t in sets) + " |")
     return "\n".join(lines)
 
 
@@ -269,6 +299,8 @@ def main(argv=None):
     ap.add_argument("--target", default="mgsm-ja", choices=["mgsm-ja", "mixed", "vqa", "mgsm-grid", "vqa-grid"],
                     help="a test table with a search, or a task-arithmetic grid probe (*-grid)")
     ap.add_argument("--vlm", help="with --target vqa-grid: a VLM folder other than WORLD/models/vlm-en")
+    ap.add_argument("--recipe", help="with --target vqa: score this DARE-TIES recipe (e.g. an evovlm merge run's "
+                                     "best/recipe.yaml) instead of searching")
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--fitness-items", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -284,7 +316,8 @@ def main(argv=None):
     elif args.target == "vqa-grid":
         res = vqa_grid(world, args.vlm, device=args.device)
     elif args.target == "vqa":
-        res = run_vqa(world, args.budget, args.fitness_items, args.seed, args.device, args.weight_max)
+        res = run_vqa(world, args.budget, args.fitness_items, args.seed, args.device, args.weight_max, args.recipe)
+        print(vqa_table(res))
     else:
         res = run(world, args.target, args.budget, args.fitness_items, args.seed, args.device,
                   args.layer_groups, args.weight_max)

@@ -288,35 +288,38 @@ def _count_en(kind, n):
     return f"There {'is' if n == 1 else 'are'} {n} {w.en_count(n)}."
 
 
-def qa_en(scene: Scene) -> list:
-    """English (type, question, answer) triples covering the scene."""
+def qa_en(scene: Scene, short: bool = False) -> list:
+    """English (type, question, answer) triples covering the scene; `short`: the answers a VQA data set
+    gives (`red`, `3`, `evening`, `left`, `a red lantern`; facts and descriptions stay sentences)."""
     gs = scene.groups()
     out = []
+    cap = lambda x: x[0].upper() + x[1:]
     if len(scene.objects) == 1:
         k, c, _, _ = gs[0]
-        out.append(("what", "What is this?", f"This is {np_en(k, c)}."))
+        out.append(("what", "What is this?", np_en(k, c) if short else f"This is {np_en(k, c)}."))
     items = _join_en([np_en(k, c, n) for k, c, n, _ in gs])
-    out.append(("what", "What is in the picture?", f"There {'is' if gs[0][2] == 1 else 'are'} {items}."))
+    out.append(("what", "What is in the picture?",
+                items if short else f"There {'is' if gs[0][2] == 1 else 'are'} {items}."))
     t = TIMES_EN[scene.time]
-    out.append(("time", "What time of day is it?", f"It is {t}."))
+    out.append(("time", "What time of day is it?", t if short else f"It is {t}."))
     for k, c, n, slots in gs:
         if len(KIND_COLORS[k]) > 1:
             verb = "is" if n == 1 else "are"
             out.append(("color", f"What color {verb} {the_en(k, n)}?",
-                        f"{the_en(k, n)[0].upper() + the_en(k, n)[1:]} {verb} {c}."))
+                        c if short else f"{cap(the_en(k, n))} {verb} {c}."))
         if k != "Mt. Fuji":
             plural = KIND[k].plural
-            out.append(("count", f"How many {plural} are there?", _count_en(k, n)))
+            out.append(("count", f"How many {plural} are there?", str(n) if short else _count_en(k, n)))
         if n == 1:
             the = the_en(k)
-            out.append(("where", f"Where is {the}?", f"{the[0].upper() + the[1:]} is {_where_en(slots[0])}."))
+            out.append(("where", f"Where is {the}?", SLOTS[slots[0]] if short else f"{cap(the)} is {_where_en(slots[0])}."))
         out.append(("fact", f"Tell me about {the_en(k)}.", CULTURE_FACTS[k][0]))
     for slot in range(3):
         objs = [o for o in scene.objects if o.slot == slot]
         if objs:
             o = objs[0]
-            out.append(("slot", f"What is {_where_en(slot)}?", f"{np_en(o.kind, o.color)[0].upper()}"
-                                                                 f"{np_en(o.kind, o.color)[1:]} is {_where_en(slot)}."))
+            out.append(("slot", f"What is {_where_en(slot)}?",
+                        np_en(o.kind, o.color) if short else f"{cap(np_en(o.kind, o.color))} is {_where_en(slot)}."))
     facts = " ".join(CULTURE_FACTS[k][0] for k, _, _, _ in gs)
     out.append(("describe", "Describe this picture in detail.", f"{caption_en(scene, 2)} {facts}"))
     return out

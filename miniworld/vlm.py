@@ -199,9 +199,10 @@ def scene_attributes(scene) -> list:
     return kinds + colors + [S.TIMES.index(scene.time), S.GROUNDS.index(scene.ground)]
 
 
-def _qa_example(scene, rng: random.Random, ja_question_frac: float) -> tuple:
-    """(chat prompt, English answer) for one random QA of `scene`; a share asks the Japanese question."""
-    en, ja = S.qa_en(scene), S.qa_ja(scene)
+def _qa_example(scene, rng: random.Random, ja_question_frac: float, short: bool = False) -> tuple:
+    """(chat prompt, English answer) for one random QA of `scene`; a share asks the Japanese question;
+    `short`: VQA-style short answers (`red`, `3`, `evening`)."""
+    en, ja = S.qa_en(scene, short), S.qa_ja(scene)
     assert [t for t, _, _ in en] == [t for t, _, _ in ja], "qa_en and qa_ja must align"
     i = rng.randrange(len(en))
     if rng.random() < ja_question_frac:
@@ -401,7 +402,8 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
               patch_size: int = 16, width: int = 128, layers: int = 3, heads: int = 4, clip_weight: float = 0.0,
               lr_vision_pretrain: float = 1e-3, lr_projector: float = 1e-3, lr_lm: float = 5e-4,
               lr_vision: float = 1e-4, train_vision: bool = True, ja_question_frac: float = 0.3,
-              caption_frac: float = 0.2, micro: int = 2, device: str = "cpu", log=print) -> dict:
+              caption_frac: float = 0.2, short_answers: bool = False, micro: int = 2, device: str = "cpu",
+              log=print) -> dict:
     """Train `vlm-en` and save it as a Hugging Face folder at `out_dir` (atomically); returns the report.
 
     The defaults are the world's recipe (about 8 minutes on 2 CPU threads); step counts scale it."""
@@ -415,6 +417,7 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     report = {"seed": seed, "image_size": image_size, "patch_size": patch_size,
               "vision": {"width": width, "layers": layers, "heads": heads, "train_in_stage2": train_vision},
               "batch_size": batch_size, "ja_question_frac": ja_question_frac, "caption_frac": caption_frac,
+              "short_answers": short_answers,
               "threads": torch.get_num_threads(), "device": device}
 
     # 0. vision tower (open_clip) pre-training, then conversion to transformers
@@ -433,7 +436,7 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
         def fn(step):
             items = []
             for sc in stream.take(batch_size):
-                ex = _qa_example(sc, rng, ja_question_frac) if stage == 2 and rng.random() >= caption_frac \
+                ex = _qa_example(sc, rng, ja_question_frac, short_answers) if stage == 2 and rng.random() >= caption_frac \
                     else _caption_example(sc, rng, plain=stage == 1)
                 items.append((S.render(sc, image_size), *ex))
             return [{k: v.to(device) for k, v in b.items()} for b in batcher(items, micro)]
@@ -470,7 +473,7 @@ def build_vlm_world(out, seed: int = 0, device: str = "cpu", log=print, **recipe
     out = Path(out)
     data_keys = ("n_fitness", "n_test", "n_wild_images", "n_wild_questions")
     data = build_vqa_data(out / "data", seed=seed, **{k: recipe.pop(k) for k in data_keys if k in recipe})
-    report = train_vlm(out / "tokenizer", out / "models" / "base", out / "models" / "vlm-en", seed=seed,
+    report = train_vlm(out / "tokenizer", out / "models" / "scene-base", out / "models" / "vlm-en", seed=seed,
                        device=device, log=log, **recipe)
     return {"data": {k: str(v) for k, v in data.items()}, "vlm": report}
 
@@ -490,10 +493,12 @@ def save_vlm(model, processor, out_dir, report: dict | None = None) -> Path:
 # --------------------------------------------------------------------------- evaluation
 
 def evaluate_vqa(model_or_dir, processor, dataset, max_new_tokens: int = 64, batch_size: int = 16,
-                 protocol=None, seed: int = 0, device: str = "cpu", **generation) -> dict:
+                 protocol=None, seed: int = 0, device: str = "cpu", shuffle_images: bool = False,
+                 **generation) -> dict:
     """Predictions and scores on a JA-VG-VQA (`qas[0]`) or In-the-Wild data set, asked as `protocol` says
     (default: the world's); `rouge_l` is ROUGE-L with the language rule (x100, bootstrap mid), `items`
-    its per-item values, `scores` every official number."""
+    its per-item values, `scores` every official number. `shuffle_images`: every question asked about
+    another item's image (evovlm.tasks.shuffle_images, seeded by `seed`)."""
     import numpy as np
 
     from evovlm.data import qa_items
@@ -509,6 +514,9 @@ def evaluate_vqa(model_or_dir, processor, dataset, max_new_tokens: int = 64, bat
     was_training = model.training
     model.eval()
     items = qa_items(dataset)
+    if shuffle_images:
+        from evovlm.tasks import shuffle_images as shuffle
+        items = shuffle(items, seed)
     preds = generate_answers(model, processor, [x["image"] for x in items], [x["question"] for x in items],
                              protocol or WORLD_VQA, max_new_tokens=max_new_tokens, batch_size=batch_size, **generation)
     model.train(was_training)

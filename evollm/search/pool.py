@@ -47,6 +47,17 @@ def task_view(task, fit_rows, test_rows) -> SimpleNamespace:
                            fitness_items=len(fit_rows), test_items=len(test_rows))
 
 
+def control_rows(task, fit_rows, test_rows, seed: int) -> dict:
+    """The report's control rows: label -> (fitness rows, test rows) the evolved model is also scored on,
+    as the task defines them (`task.controls(rows, seed)` -> {name: altered rows}, e.g. every image
+    replaced by another item's: a model that uses the images must lose there)."""
+    make = getattr(task, "controls", None)
+    if make is None:
+        return {}
+    fit, test = make(fit_rows, seed), make(test_rows, seed)
+    return {f"{name} (evolved)": (fit[name], test[name]) for name in fit}
+
+
 class LocalPool:
     """The run's own process scores every candidate (no Ray)."""
     workers = 1
@@ -55,6 +66,7 @@ class LocalPool:
         self.bench, self.fit_rows, self.test_rows, self.load_s = bench, fit_rows, test_rows, load_s
         self.space = bench.space
         self.task = task_view(bench.task, fit_rows, test_rows)
+        self.controls = control_rows(bench.task, fit_rows, test_rows, bench.seed)
         self.labels = list(self.models(None))
 
     @classmethod
@@ -77,11 +89,14 @@ class LocalPool:
         """The report's models: label -> function making it (the workbench's references, then the export)."""
         models = dict(self.bench.reference_models())
         models[EVOLVED] = lambda: self.bench.load_exported(exported)
+        for label in self.controls:
+            models[label] = models[EVOLVED]
         return models
 
     def score_one(self, label: str, exported) -> dict:
         model = self.models(exported)[label]()
-        return {"fitness": self.bench.score(model, self.fit_rows), "test": self.bench.score(model, self.test_rows)}
+        fit, test = self.controls.get(label, (self.fit_rows, self.test_rows))
+        return {"fitness": self.bench.score(model, fit), "test": self.bench.score(model, test)}
 
     def score_models(self, exported):
         """(label, rows) for every model of the report, in order."""

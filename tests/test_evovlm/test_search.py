@@ -27,7 +27,8 @@ def test_short_vlm_run(tmp_path):
     recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
     assert len(recs) == 4 and all(r["error"] is None for r in recs)
     assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == max(r["score"] for r in recs)
-    assert {"vlm-en", "ja", "base"} <= set(data["rows"]) and data["task"] == "ja-vqa"
+    assert {"vlm-en", "scene-ja as the language tower", "base as the language tower",
+            "images shuffled (evolved)"} <= set(data["rows"]) and data["task"] == "ja-vqa"
     src = load_file(str(ASSETS / "models" / "vlm-en" / "model.safetensors"))
     out = load_file(str(tmp_path / "run" / "best" / "model" / "model.safetensors"))
     tower = set(tower_names(src).values())
@@ -35,6 +36,17 @@ def test_short_vlm_run(tmp_path):
     assert all(torch.equal(src[k], out[k]) for k in src if k not in tower)
     assert sum(not torch.equal(src[k].float(), out[k].float()) for k in tower) > len(tower) // 2
     assert "ROUGE-L" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_images_shuffled_gives_every_item_another_items_image():
+    from evovlm.tasks import shuffle_images
+    rows = load_vqa(str(ASSETS / "data" / "ja-vg-vqa-500" / "test.parquet"))[:9]
+    out = shuffle_images(rows, 0)
+    assert [r["question"] for r in out] == [r["question"] for r in rows]
+    assert all(o["image"] is not r["image"] for o, r in zip(out, rows))
+    assert sorted(map(id, (o["image"] for o in out))) == sorted(map(id, (r["image"] for r in rows)))
+    assert [id(o["image"]) for o in shuffle_images(rows, 0)] == [id(o["image"]) for o in out]
+    assert [id(o["image"]) for o in shuffle_images(rows, 1)] != [id(o["image"]) for o in out]
 
 
 def test_vqa_loaders_read_jsonl_and_imagefolder_copies(tmp_path):

@@ -17,8 +17,10 @@ TINY = {
     "math-a": {"pairs": 40, "steps": 2, "batch_size": 4},
     "math-b": {"pairs": 40, "steps": 2, "batch_size": 4},
     "data": {"mgsm_fitness": 60, "mgsm_test": 30, "mixed_fitness": 20, "mixed_test": 20},
+    "scene-base": {"docs": 200, "steps": 2, "batch_size": 4, "block": 32, "warmup": 1},
+    "scene-ja": {"pairs": 40, "steps": 2, "batch_size": 4},
 }
-STAGES = ("tokenizer", "base", "finetune", "data")
+STAGES = ("tokenizer", "base", "finetune", "data", "scenes")
 
 
 def _digest(root: Path) -> dict:
@@ -47,7 +49,7 @@ def test_tokenizer_round_trips_japanese(world):
         assert tok.decode(tok(s)["input_ids"], skip_special_tokens=True) == s
 
 
-@pytest.mark.parametrize("name", ["base", "ja", "math-a", "math-b"])
+@pytest.mark.parametrize("name", ["base", "ja", "math-a", "math-b", "scene-base", "scene-ja"])
 def test_each_model_loads_and_generates(world, name):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder = world / "a" / "models" / name

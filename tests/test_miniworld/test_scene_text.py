@@ -1,0 +1,35 @@
+"""The VLM experiment's scene texts: they state what the short answers say, and only about training scenes."""
+
+import random
+
+from miniworld import scene_text as T
+from miniworld import scenes as S
+
+
+def test_scene_texts_hold_the_answer_words_and_only_train_scenes():
+    rng = random.Random(0)
+    for _ in range(50):
+        scene = T.train_scene(rng)
+        assert S.split_of(scene.signature()) == "train"
+        ja = T.facts_ja(scene, rng)
+        for t, q, a in S.qa_ja(scene):
+            if t in ("color", "where", "time"):
+                assert a in ja, (q, a, ja)
+            if t == "count":
+                assert a in ja
+        en = T.facts_en(scene, rng)
+        assert all(c in en for _, c, _, _ in scene.groups())
+
+
+def test_scene_ja_pairs_ask_japanese_questions_answered_in_japanese_about_text():
+    import re
+    rng = random.Random(1)
+    pairs = [T.scene_ja_pair(rng) for _ in range(40)]
+    assert all("<image>" not in p for p, _ in pairs)
+    assert all(re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", a) and not re.search("[A-Za-z]", a) for _, a in pairs)
+    assert {"左", "真ん中", "右"} & {a for _, a in pairs}
+
+
+def test_scene_documents_are_deterministic():
+    a = [T.scene_document(random.Random(3)) for _ in range(3)]
+    assert a[0] == a[1] == a[2] and a[0]
