@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "config's `seed`, which also seeds the search)")
     add_run_options(m)
     m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
+    m.add_argument("--license", help="--recipe: the license written into the model card (README.md), a Hub "
+                   "license id such as apache-2.0 (default: other, with the sources' licenses to check)")
     m.add_argument("--allow-pickle", action="store_true",
                    help="also read pickled .bin weights (with torch.load(weights_only=True))")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"),
@@ -213,7 +215,8 @@ def cmd_merge_recipe(args) -> int:
     from .recipe import load_recipe
     recipe = load_recipe(args.recipe)
     s = run_merge(recipe, args.out, device=args.device or "cpu", seed=args.seed or 0, force=args.force,
-                  allow_pickle=args.allow_pickle, shard_bytes=args.shard_size, progress=not args.quiet)
+                  allow_pickle=args.allow_pickle, shard_bytes=args.shard_size, progress=not args.quiet,
+                  license=args.license)
     print(f"merged {s['tensors']} tensors ({s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s)) "
           f"from {s['models']} models with {recipe.merge_method} in {s['seconds']:.1f} s -> {s['out']}")
     return 0
