@@ -1,9 +1,9 @@
 """Live logging of a run (`search.log: tensorboard`): curves to watch while a long search runs.
 
 TensorBoard event files go to RUN/tensorboard/ (`tensorboard --logdir RUN`; a PS+DFS run has one per
-phase). Every scalar's step is the number of candidates evaluated, one axis for all of them:
+phase). Every scalar's step counts candidates, one axis for all of them:
 - per candidate (step = its index): `candidate/score`, `candidate/merge_s`, `candidate/eval_s`;
-- per generation (step = candidates evaluated after it): `generation/best`, `generation/mean`,
+- per generation (step = the index of its last candidate): `generation/best`, `generation/mean`,
   `generation/std`, `generation/failed`, `generation/best_so_far`, `generation/number`, and the text
   `best/recipe` (the best candidate's recipe so far, YAML).
 

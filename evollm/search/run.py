@@ -113,7 +113,7 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
                                      "best_so_far": best["score"] if best else None,
                                      "failed": len(scores) - len(ok)})
             if live is not None:
-                live.generation(state["history"][-1], scores, state["evaluated"] + len(genomes),
+                live.generation(state["history"][-1], scores, state["evaluated"] + len(genomes) - 1,
                                 best_recipe_text(space, cfg, best["parameters"]) if best else None)
             if len(genomes) == s.popsize:          # a last, partial generation is not told
                 opt.tell(genomes, [WORST if v is None else v for v in scores])

@@ -106,7 +106,7 @@ def test_a_run_exports_a_card_with_its_search_and_table_and_logs_live_to_tensorb
     # the live log: per generation (2) and per candidate (8) on one step axis, the best recipe as text
     sc, acc = scalars(out / "tensorboard")
     recs = read_candidates(out / "candidates.jsonl")
-    assert [s for s, _ in sc["generation/best"]] == [4, 8]
+    assert [s for s, _ in sc["generation/best"]] == [3, 7]         # a generation at its last candidate's index
     assert [v for _, v in sc["generation/number"]] == [1, 2]
     hist = data["history"]
     assert [pytest.approx(v) for _, v in sc["generation/mean"]] == [h["mean"] for h in hist]
@@ -116,3 +116,28 @@ def test_a_run_exports_a_card_with_its_search_and_table_and_logs_live_to_tensorb
     assert [pytest.approx(v) for _, v in sc["candidate/score"]] == [r["score"] for r in recs]
     assert acc.Tags()["tensors"] == ["best/recipe/text_summary"]
     assert json.loads((out / "report.json").read_text())["history"] == hist
+
+
+@pytest.mark.slow
+def test_a_resumed_runs_live_log_has_each_step_once(tmp_path, monkeypatch):
+    """Killed in its second generation and resumed: the interrupted generation's steps are logged again and
+    replace the first process's (TensorBoard's purge_step), so every candidate and generation shows once."""
+    import evollm.search.workbench as wb
+    from evollm.search.run import run
+    cfg = local_world(tmp_path, budget=8, popsize=4, items=4, max_new_tokens=12,
+                      report={"sources": False, "baselines": False})
+    calls, real = [], wb.Workbench.evaluate_candidate
+
+    def dies_at_the_sixth(self, params, rows):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(self, params, rows)
+    monkeypatch.setattr(wb.Workbench, "evaluate_candidate", dies_at_the_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    monkeypatch.setattr(wb.Workbench, "evaluate_candidate", real)
+    run(None, tmp_path / "run", resume=True, progress=False, log=lambda *a: None)
+    sc, _ = scalars(tmp_path / "run" / "tensorboard")
+    assert [s for s, _ in sc["candidate/score"]] == list(range(8))
+    assert [s for s, _ in sc["generation/best"]] == [3, 7]
