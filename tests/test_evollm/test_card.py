@@ -141,3 +141,16 @@ def test_a_resumed_runs_live_log_has_each_step_once(tmp_path, monkeypatch):
     sc, _ = scalars(tmp_path / "run" / "tensorboard")
     assert [s for s, _ in sc["candidate/score"]] == list(range(8))
     assert [s for s, _ in sc["generation/best"]] == [3, 7]
+
+
+def test_missing_extras_are_named_before_anything_loads(monkeypatch):
+    import sys
+
+    from evollm import lmeval
+    from evollm.search.livelog import check
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(ValueError, match=r"search.log: .*pip install 'evollm\[tensorboard\]'"):
+        check("tensorboard")
+    with pytest.raises(ValueError, match=r"pip install 'evollm\[lmeval\]'"):
+        lmeval.require()
