@@ -260,6 +260,10 @@ def cmd_eval_general(args) -> int:
                                               what="no --data given, and the miniature world's MGSM-ja test"))
         items = list(mgsm.load_mgsm(data, args.split))[:args.limit]
         what = f"MGSM-ja: {args.protocol} protocol on {data} ({len(items)} items)"
+        from .checkpoint import check_model_folder
+        from .hub import resolve_model
+        for ref in args.model:                  # a VLM, a broken config.json: named before any scoring
+            check_model_folder(resolve_model(ref), ref)
         for ref in args.model:
             model, tok = load_for_eval(ref, args)
             _, res = score_mgsm(model, tok, items, args)
