@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c $(LOCK) -e '.[test,ray]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[test,ray,lmeval,tensorboard]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -60,7 +60,7 @@ test-latest:
 	$(PY) -m venv .venv-latest
 	.venv-latest/bin/pip install -q --upgrade pip
 	.venv-latest/bin/pip install -q $(TORCH)
-	.venv-latest/bin/pip install -q --upgrade -e '.[test,ray]'
+	.venv-latest/bin/pip install -q --upgrade -e '.[test,ray,lmeval,tensorboard]'
 	.venv-latest/bin/pip list 2>/dev/null | grep -iE '^(transformers|tokenizers|datasets|huggingface.hub|safetensors|torch) '
 	.venv-latest/bin/python -m pytest tests
 
@@ -70,7 +70,7 @@ test-oldest:
 	$(PY) -m venv .venv-oldest
 	.venv-oldest/bin/pip install -q --upgrade pip
 	.venv-oldest/bin/pip install -q $(TORCH)
-	.venv-oldest/bin/pip install -q -c requirements/oldest.txt -e '.[test,ray]'
+	.venv-oldest/bin/pip install -q -c requirements/oldest.txt -e '.[test,ray,lmeval,tensorboard]'
 	.venv-oldest/bin/pip list 2>/dev/null | grep -iE '^(transformers|tokenizers|datasets|huggingface.hub|safetensors|torch) '
 	.venv-oldest/bin/python -m pytest tests
 

@@ -38,17 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "config's `seed`, which also seeds the search)")
     add_run_options(m)
     m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
+    m.add_argument("--license", help="--recipe: the license written into the model card (README.md), a Hub "
+                   "license id such as apache-2.0 (default: other, with the sources' licenses to check)")
     m.add_argument("--allow-pickle", action="store_true",
                    help="also read pickled .bin weights (with torch.load(weights_only=True))")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"),
                    help="largest output shard (default 5GB)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("eval", help="score one model on a task",
+    e = sub.add_parser("eval", help="score a model on MGSM-ja, and on lm-eval tasks (--suite, --tasks)",
                        description="Score one model on MGSM-ja (or a file of its format): one greedy generation "
                        "scored under the official protocol and under the improved one, side by side, with the items "
-                       "where they disagree counted (evollm.protocols.mgsm_ja).")
-    e.add_argument("--model", required=True, help="model folder or hub id")
+                       "where they disagree counted (evollm.protocols.mgsm_ja). With --suite or --tasks: general "
+                       "ability through lm-eval (the extra evollm[lmeval]) beside MGSM-ja, for every --model, or for "
+                       "the sources and the evolved model of a run (--run, scored in memory: no export).")
+    e.add_argument("--model", action="append", help="model folder or hub id (with --suite/--tasks: repeat it for "
+                   "one row per model)")
+    e.add_argument("--suite", help="lm-eval suite: jp-lmeh (lm-eval's japanese_leaderboard at the JP-LMEH few-shot "
+                   "counts), world-general (the miniature world's stand-in), or one a front end adds")
+    e.add_argument("--tasks", help="lm-eval task or group names, comma-separated (instead of --suite)")
+    e.add_argument("--fewshot", type=int, help="few-shot count for every lm-eval task (default: the suite's, "
+                   "else each task's own)")
+    e.add_argument("--include-path", action="append", default=[],
+                   help="a folder of lm-eval task YAMLs of your own (for --tasks)")
+    e.add_argument("--run", help="a finished run folder: score its base, sources and evolved model (the best "
+                   "recipe merged into the run's resident model) with lm-eval, beside the MGSM-ja test scores of "
+                   "its report")
     e.add_argument("--task", default="ja-math", choices=["ja-math"])
     e.add_argument("--data", help="hub id (juletxara/mgsm, SakanaAI/gsm8k-ja-test_250-1319) or a local "
                    ".jsonl/.parquet/.tsv file (default: the miniature world's held-out Japanese math test)")
@@ -160,38 +175,45 @@ def cmd_evolve(args, default_config: str = "world-ja-math.yaml", prog: str = "ev
 def cmd_eval(args) -> int:
     import json
 
-    from .checkpoint import check_model_folder, dtype_from_name
+    from .checkpoint import check_model_folder
     from .datafiles import check_out_file, check_positive
     from .checkout import checkout_file
     from .fsutil import write_atomic
-    from .hub import batch_tokenizer, load_causal_lm, resolve_model
+    from .hub import resolve_model
     from .engine.disk import check_device
     from .tasks import mgsm
     for flag in ("limit", "batch_size", "max_new_tokens"):
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.fewshot is not None and args.fewshot < 0:
+        raise ValueError(f"--fewshot must be >= 0, got {args.fewshot}")
     check_device(args.device)
     if args.json:
         check_out_file(args.json)
+    general = bool(args.suite or args.tasks)
+    if not general and (args.run or args.fewshot is not None or args.include_path):
+        raise ValueError("--run, --fewshot and --include-path go with --suite or --tasks (lm-eval)")
+    if bool(args.run) == bool(args.model) or (not general and len(args.model) != 1):
+        raise ValueError("name one model with --model (with --suite/--tasks: one or more --model, or --run)")
+    if general:
+        return cmd_eval_general(args)
     data = args.data or str(checkout_file("assets", "data", "mgsm-ja", "test.jsonl",
                                           what="no --data given, and the miniature world's MGSM-ja test"))
     quiet_libraries()
-    check_model_folder(resolve_model(args.model), args.model)   # a VLM, a broken config.json: named first
+    ref = args.model[0]
+    check_model_folder(resolve_model(ref), ref)   # a VLM, a broken config.json: named first
     rows = list(mgsm.load_mgsm(data, args.split))[:args.limit]
-    tok = batch_tokenizer(args.model)
-    model = load_causal_lm(args.model, dtype_from_name(args.dtype), args.device)
-    names = [args.protocol] + [p for p in ("official", "improved") if p != args.protocol]
-    outs = mgsm.generate_outputs(model, tok, rows, names, max_new_tokens=args.max_new_tokens,
-                                 batch_size=args.batch_size, progress=True)
-    res = {p: mgsm.score_outputs(outs, rows, p) for p in names}
+    model, tok = load_for_eval(ref, args)
+    outs, res = score_mgsm(model, tok, rows, args)
+    names = list(res)
     diff = mgsm.compare(res)
-    print(f"{args.model} on {data} ({len(rows)} items)")
+    print(f"{ref} on {data} ({len(rows)} items)")
     print(protocol_table(res))
     for pair, d in diff.items():
         print(f"{pair}: {d['verdict']} item(s) scored differently ({d['number_read']} read another number, "
               f"{d['language_verdict']} judged the language differently, {d['text_cut']} cut at another stop string)")
     if args.json:
         keys = ("accuracy", "number_correct", "lang_rate")
-        out = {"model": args.model, "data": data, "split": args.split, "items": len(rows), "protocol": args.protocol,
+        out = {"model": ref, "data": data, "split": args.split, "items": len(rows), "protocol": args.protocol,
                **{k: res[args.protocol][k] for k in keys},
                "protocols": {p: {k: r[k] for k in keys} for p, r in res.items()}, "differences": diff,
                "outputs": [dict(question=row["question"], answer_number=row["answer_number"], generated=o,
@@ -199,6 +221,92 @@ def cmd_eval(args) -> int:
                            for i, (o, row) in enumerate(zip(outs, rows))]}
         write_atomic(args.json, json.dumps(out, ensure_ascii=False, indent=1))
     return 0
+
+
+def load_for_eval(ref: str, args):
+    """(model, batch tokenizer) of a folder or hub id, in --dtype on --device."""
+    from .checkpoint import dtype_from_name
+    from .hub import batch_tokenizer, load_causal_lm
+    return load_causal_lm(ref, dtype_from_name(args.dtype), args.device), batch_tokenizer(ref)
+
+
+def score_mgsm(model, tok, rows, args) -> tuple:
+    """One greedy generation on MGSM-ja rows, scored under the headline protocol (first) and the other:
+    (outputs, {protocol: scores})."""
+    from .tasks import mgsm
+    names = [args.protocol] + [p for p in ("official", "improved") if p != args.protocol]
+    outs = mgsm.generate_outputs(model, tok, rows, names, max_new_tokens=args.max_new_tokens,
+                                 batch_size=args.batch_size, progress=True)
+    return outs, {p: mgsm.score_outputs(outs, rows, p) for p in names}
+
+
+def cmd_eval_general(args) -> int:
+    """`evollm eval --suite/--tasks`: lm-eval scores beside MGSM-ja, one row per model (lmeval.py)."""
+    import json
+
+    from . import lmeval
+    from .checkout import checkout_file
+    from .fsutil import write_atomic
+    from .tasks import mgsm
+    shots, include = lmeval.plan(args.suite, args.tasks, args.fewshot)
+    include += args.include_path
+    lmeval.require()
+    quiet_libraries()
+    rows_out = {}
+    if args.run:
+        rows_out, what = eval_run(Path(args.run), shots, include, args)
+    else:
+        data = args.data or str(checkout_file("assets", "data", "mgsm-ja", "test.jsonl",
+                                              what="no --data given, and the miniature world's MGSM-ja test"))
+        items = list(mgsm.load_mgsm(data, args.split))[:args.limit]
+        what = f"MGSM-ja: {args.protocol} protocol on {data} ({len(items)} items)"
+        from .checkpoint import check_model_folder
+        from .hub import resolve_model
+        for ref in args.model:                  # a VLM, a broken config.json: named before any scoring
+            check_model_folder(resolve_model(ref), ref)
+        for ref in args.model:
+            model, tok = load_for_eval(ref, args)
+            _, res = score_mgsm(model, tok, items, args)
+            rows_out[ref] = {"mgsm": res[args.protocol]["accuracy"],
+                             "lmeval": lmeval.evaluate(model, tok, shots, include, args.limit, args.batch_size)}
+    shots_text = ", ".join(f"{t} {'default' if n is None else n}-shot" for t, n in shots.items())
+    print(f"{what}; lm-eval {args.suite or args.tasks}: {shots_text}" + (f", first {args.limit} items" if args.limit
+                                                                           else ""))
+    print(lmeval.table(rows_out))
+    if args.json:
+        write_atomic(args.json, json.dumps({"suite": args.suite, "tasks": shots, "limit": args.limit,
+                                            "models": rows_out}, ensure_ascii=False, indent=1))
+    return 0
+
+
+def eval_run(out: Path, shots: dict, include: list, args) -> tuple:
+    """A finished run's base, sources and evolved model, scored with lm-eval in the run's own workbench (the
+    best recipe merged into its resident model, as during the search); MGSM-ja: the report's test scores."""
+    import json
+
+    from . import lmeval
+    from .search.pool import LocalPool, with_threads
+    from .search.runfolder import stored_config
+    report = out / "report.json"
+    if not report.is_file():
+        raise FileNotFoundError(f"--run {out}: no report.json (not a run folder, or its run has not finished)")
+    data = json.loads(report.read_text())
+    if "ps" in data:
+        raise ValueError(f"--run {out}: a PS+DFS run; name one of its phases (--run {out / 'ps'} or {out / 'dfs'})")
+    cfg = with_threads(stored_config(out))
+    pool = LocalPool.open(cfg, log=lambda *a: None)
+    bench = pool.bench
+    if getattr(bench.processor, "image_processor", None) is not None:
+        raise ValueError(f"--run {out}: a VLM run; lm-eval's tasks here score causal LMs")
+    refs = bench.reference_models()
+    models = {k: refs[k] for k in ["base", *cfg.refs] if k in refs}
+    models["evolved (best recipe, in memory)"] = lambda: bench.candidate(data["best"]["parameters"])
+    test = {k: r["test"]["score"] for k, r in data["rows"].items()}
+    test["evolved (best recipe, in memory)"] = data["rows"].get("evolved (best/model)", {}).get("test", {}).get("score")
+    rows = {label: {"mgsm": test.get(label), "lmeval": lmeval.evaluate(make(), bench.processor, shots, include,
+                                                                       args.limit, args.batch_size)}
+            for label, make in models.items()}
+    return rows, f"{out}: MGSM-ja test scores from its report ({data['test_items']} items, task {data['task']})"
 
 
 def protocol_table(res: dict) -> str:
@@ -213,7 +321,8 @@ def cmd_merge_recipe(args) -> int:
     from .recipe import load_recipe
     recipe = load_recipe(args.recipe)
     s = run_merge(recipe, args.out, device=args.device or "cpu", seed=args.seed or 0, force=args.force,
-                  allow_pickle=args.allow_pickle, shard_bytes=args.shard_size, progress=not args.quiet)
+                  allow_pickle=args.allow_pickle, shard_bytes=args.shard_size, progress=not args.quiet,
+                  license=args.license)
     print(f"merged {s['tensors']} tensors ({s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s)) "
           f"from {s['models']} models with {recipe.merge_method} in {s['seconds']:.1f} s -> {s['out']}")
     return 0

@@ -30,7 +30,7 @@ def cmd_merge(args) -> int:
     from .export import merge_vlm
     recipe = load_recipe(args.recipe)
     s = merge_vlm(recipe, args.out, device=args.device or "cpu", seed=args.seed or 0, force=args.force,
-                  allow_pickle=args.allow_pickle, shard_bytes=args.shard_size)
+                  allow_pickle=args.allow_pickle, shard_bytes=args.shard_size, license=args.license)
     print(f"merged {s['merged']} language-tower tensors of {s['vlm']} ({s['tensors']} tensors in all, the rest "
           f"copied) with {recipe.merge_method} in {s['seconds']:.1f} s -> {s['out']}")
     return 0
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
                    "config's `seed`)")
     add_run_options(m)
     m.add_argument("--force", action="store_true", help="--recipe: replace an existing output folder")
+    m.add_argument("--license", help="--recipe: the license in the model card (README.md); default: other")
     m.add_argument("--allow-pickle", action="store_true")
     m.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"))
     b = sub.add_parser("bench", help="the Japanese VLM benchmark suite, models side by side",

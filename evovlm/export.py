@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from evollm.card import portable, portable_recipe, recipe_card, write_card
 from evollm.checkpoint import TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter, copy_files
 from evollm.engine.disk import MergeError, check_device, merge_tensor, open_models, plan_merge
 from evollm.recipe import Recipe
@@ -61,7 +62,8 @@ def tower_views(recipe: Recipe, ckpts: dict):
 
 
 def merge_vlm(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, force: bool = False,
-              allow_pickle: bool = False, shard_bytes: int = 5 * 1024**3, log=print) -> dict:
+              allow_pickle: bool = False, shard_bytes: int = 5 * 1024**3, log=print, license: str = None) -> dict:
+    """Merge a recipe with one VLM among its models into `out_dir` (a VLM checkpoint with its model card)."""
     start = time.perf_counter()
     check_device(device)
     target = AtomicFolder(out_dir, force=force)
@@ -97,6 +99,9 @@ def merge_vlm(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
         cfg = json.loads(json.dumps(vlm.config))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
         copy_files(vlm.path, tmp, TOKENIZER_FILES + PROCESSOR_FILES)
-        (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
+        (tmp / "mergekit_config.yml").write_text(portable_recipe(recipe).to_yaml())
+        write_card(tmp, recipe_card(recipe, out_dir, license, vlm_note=(
+            f"Merged: the language tower of the VLM `{portable(vlm_ref)}` only (its parameters, under causal-LM "
+            "names); its vision tower, projector and extra vocabulary rows are copied bit-identical.")))
     return {"tensors": len(specs), "merged": len(tasks), "seconds": time.perf_counter() - start,
             "out": str(out_dir), "vlm": vlm_ref, "notes": notes}

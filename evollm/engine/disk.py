@@ -17,6 +17,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..card import portable_recipe, recipe_card, write_card
 from ..checkpoint import TOKENIZER_FILES, AtomicFolder, Checkpoint, ShardedWriter, copy_files
 from ..hub import resolve_model
 from ..kernels.methods import MergeMethod
@@ -55,8 +56,10 @@ def merge_tensor(task: TensorTask, ckpts: Dict[str, Checkpoint], method: MergeMe
 
 
 def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, force: bool = False,
-              allow_pickle: bool = False, shard_bytes: int = 5 * 1024**3, progress: bool = True) -> dict:
-    """Merge ``recipe`` into the folder ``out_dir``; returns a summary dict."""
+              allow_pickle: bool = False, shard_bytes: int = 5 * 1024**3, progress: bool = True,
+              license: str = None) -> dict:
+    """Merge ``recipe`` into the folder ``out_dir``, with its model card (card.py; `license` its license);
+    returns a summary dict."""
     start = time.perf_counter()
     check_device(device)
     target = AtomicFolder(out_dir, force=force)          # refuses an existing folder up front
@@ -84,7 +87,8 @@ def run_merge(recipe: Recipe, out_dir, *, device: str = "cpu", seed: int = 0, fo
             raise
         (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2, ensure_ascii=False) + "\n")
         copy_files(tok_path, tmp, TOKENIZER_FILES)
-        (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
+        (tmp / "mergekit_config.yml").write_text(portable_recipe(recipe).to_yaml())
+        write_card(tmp, recipe_card(recipe, out_dir, license))
     secs = time.perf_counter() - start
     return {"tensors": len(tasks), "bytes": writer.bytes_written, "seconds": secs,
             "models": len(ckpts), "out": str(out_dir), "shards": len(writer.files)}

@@ -38,6 +38,7 @@ DEFAULTS: dict = {
     "tokenizer": None,              # model ref whose tokenizer the task uses (default: base_model)
     "dtype": "float32",             # sources held and candidates computed in this dtype during the search
     "out_dtype": "bfloat16",        # dtype of the exported best model
+    "license": None,                # the exported model card's `license` (a Hub license id); None: `other`
     "search": {
         "space": "ps",
         "method": "dare_ties",
@@ -58,6 +59,7 @@ DEFAULTS: dict = {
                                     # workers; the run folder records the count, see `with_threads`)
         "workers": 1,               # Ray actors scoring candidates (1: this process, no Ray)
         "ray_address": None,        # a running Ray cluster to join (e.g. auto); None: Ray on this machine
+        "log": None,                # live logging of the run: tensorboard (event files in RUN/tensorboard/); None: off
     },
     "task": {
         "name": "ja-math",
@@ -163,6 +165,7 @@ class SearchConfig:
     threads: Optional[int]              # torch's CPU threads: CPU float results depend on the count
     workers: int                        # how the run executes, not what it computes (see EXECUTION)
     ray_address: Optional[str]
+    log: Optional[str] = None           # live logging (search/livelog.py); an execution field too
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class RunConfig:
     search: SearchConfig
     task: TaskConfig
     report: ReportConfig
+    license: Optional[str] = None       # the exported model card's license (card.py)
 
     @property
     def refs(self) -> dict:
@@ -254,7 +258,7 @@ class RunConfig:
             task=TaskConfig(**{**t, "fitness": DataSpec(**{**t["fitness"], "schedule": t["fitness"]["schedule"] and
                                                            Schedule(**t["fitness"]["schedule"])}),
                                "test": DataSpec(**{**t["test"], "schedule": None})}),
-            report=ReportConfig(**d["report"]))
+            report=ReportConfig(**d["report"]), license=d["license"])
 
     def phase(self, space: str, name: str, **search) -> "RunConfig":
         """This config as one phase of a PS+DFS run: another space and name (and search fields)."""
@@ -390,6 +394,12 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path = Path(".")
     if s["ray_address"] is not None and (not isinstance(s["ray_address"], str) or not s["ray_address"]):
         err("search.ray_address", f"must be a Ray cluster address (e.g. auto, ray://HOST:10001), got {s['ray_address']!r}")
 
+    from .livelog import LOGGERS
+    if s["log"] is not None and s["log"] not in LOGGERS:
+        err("search.log", f"must be one of {list(LOGGERS)} or null (off), got {s['log']!r}")
+    if cfg["license"] is not None and (not isinstance(cfg["license"], str) or not cfg["license"].strip()):
+        err("license", f"must be a license id such as apache-2.0 (or null), got {cfg['license']!r}")
+
     t = cfg["task"]
     if t["name"] not in TASKS:
         err("task.name", f"must be one of {TASKS.names()}, got {t['name']!r}")
@@ -457,7 +467,7 @@ def load_config(path, overrides: dict = None) -> RunConfig:
 
 
 #: search fields that say how a run executes, not what it computes: a resume may change them
-EXECUTION = ("workers", "ray_address")
+EXECUTION = ("workers", "ray_address", "log")
 
 
 def config_diff(given: RunConfig, stored: RunConfig) -> list:

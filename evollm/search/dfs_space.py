@@ -59,18 +59,20 @@ class DfsSpace:
         idx = {self.a: 0, self.b: 1}
         return [Hop(idx[m], int(i), float(s)) for m, i, s in params["path"]]
 
-    def recipe_yaml(self, params: dict) -> str:
-        """The DFS recipe: which layer of which model at each hop, with its input scale."""
-        return yaml.safe_dump({"dfs": {"a": self.refs[self.a], "b": self.refs[self.b], "layout": self.layout,
-                                       "path": [{"model": self.refs[m], "layer": i, "scale": s}
+    def recipe_yaml(self, params: dict, refs: dict = None) -> str:
+        """The DFS recipe: which layer of which model at each hop, with its input scale (models named by
+        `refs`, name -> reference, default the space's)."""
+        refs = refs or self.refs
+        return yaml.safe_dump({"dfs": {"a": refs[self.a], "b": refs[self.b], "layout": self.layout,
+                                       "path": [{"model": refs[m], "layer": i, "scale": s}
                                                 for m, i, s in params["path"]]}},
                               sort_keys=False, allow_unicode=True)
 
-    def passthrough_yaml(self, params: dict):
+    def passthrough_yaml(self, params: dict, refs: dict = None):
         """A mergekit passthrough recipe writing the same checkpoint (scales folded into o_proj and
         down_proj), or None where mergekit cannot express it: its non-layer tensors come from the
         first and last slices' models, while a DFS model always takes A's."""
-        path = params["path"]
+        path, refs = params["path"], refs or self.refs
         if not path or path[0][0] != self.a or path[-1][0] != self.a:
             return None
         slices, cum = [], 1.0
@@ -79,7 +81,7 @@ class DfsSpace:
             inv = 1.0 / cum
             p = {} if inv == 1.0 else {"scale": [{"filter": "o_proj", "value": inv},
                                                  {"filter": "down_proj", "value": inv}, {"value": 1.0}]}
-            slices.append({"sources": [{"model": self.refs[m], "layer_range": [i, i + 1]}], **({"parameters": p} if p else {})})
+            slices.append({"sources": [{"model": refs[m], "layer_range": [i, i + 1]}], **({"parameters": p} if p else {})})
         return yaml.safe_dump({"merge_method": "passthrough", "slices": slices, "dtype": "float32"},
                               sort_keys=False, allow_unicode=True)
 
@@ -122,9 +124,12 @@ class DfsWorkbench(Workbench):
         return build_dfs_model(self.models[self.a], self.models[self.b], self.space.hops_of(params))
 
     def export_best(self, best: dict, folder):
+        from ..card import portable
         space = self.space
-        (folder / "recipe.yaml").write_text(space.recipe_yaml(best["parameters"]))
-        mk = space.passthrough_yaml(best["parameters"]) if self.passthrough else None
+        names = {m.model: m.name for m in self.cfg.models}
+        refs = {n: portable(r, names) for n, r in space.refs.items()}      # no path of this machine in the export
+        (folder / "recipe.yaml").write_text(space.recipe_yaml(best["parameters"], refs))
+        mk = space.passthrough_yaml(best["parameters"], refs) if self.passthrough else None
         if mk is not None:
             (folder / "mergekit_config.yml").write_text(mk)
         self.save(space.hops_of(best["parameters"]), folder / "model")

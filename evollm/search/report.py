@@ -6,6 +6,8 @@ import json
 import platform
 from pathlib import Path
 
+import yaml
+
 from ..fsutil import write_atomic
 
 
@@ -100,6 +102,43 @@ def describe_search(s, space) -> str:
     return f"{s.method} ({space.dim} genes: {', '.join(s.params)} per model{groups})"
 
 
+def search_lines(cfg, space, best: dict, fitness_items: int = None) -> list:
+    """How a recipe was evolved, for its model card: space, method, optimizer, budget, seed, task, best."""
+    from ..card import portable
+    s, t = cfg.search, cfg.task
+    items = f" ({fitness_items} items)" if fitness_items else ""
+    return [f"- space: `{s.space}`, {describe_search(s, space)}",
+            f"- method: {s.optimizer}, population {s.popsize}, sigma {s.sigma:.3g}, budget {s.budget} candidates, "
+            f"seed {cfg.seed}",
+            f"- fitness: task `{t.name}` (protocol `{t.protocol}`) on `{portable(t.fitness.data)}`{items}; "
+            f"held-out test: `{portable(t.test.data)}`",
+            f"- best: candidate {best['index']} (generation {best['generation']}), fitness {best['score']:.1f}"]
+
+
+def write_model_card(out: Path, cfg, space, best: dict, data: dict = None) -> None:
+    """best/model/README.md: the Hub metadata, the search, the recipe (or the DFS path) and, once the
+    report's rows are scored (`data`), its table."""
+    from ..card import card_text, is_vlm_folder, write_card
+    model, s = out / "best" / "model", cfg.search
+    recipe = (out / "best" / "recipe.yaml").read_text()
+    doc = yaml.safe_load(recipe)
+    path = best["parameters"]["path"] if s.space == "dfs" else None
+    if path is not None:
+        sources, method = [doc["dfs"]["a"], doc["dfs"]["b"]], None
+    else:
+        from ..recipe import parse_recipe
+        sources, method = parse_recipe(doc, str(out / "best" / "recipe.yaml")).model_refs(), s.method
+    vlm = None
+    if is_vlm_folder(model):
+        vlm = ("Merged: the language tower only, replaced by the evolved layer path; the vision tower and projector "
+               "are A's, copied as they were." if path is not None else
+               "Merged: the language tower only (its parameters, under causal-LM names); the vision tower, the "
+               "projector and the VLM's extra vocabulary rows are the source VLM's, copied bit-identical.")
+    write_card(model, card_text(cfg.name, sources, recipe, license=cfg.license, method=method, vlm=vlm,
+                                search=search_lines(cfg, space, best, data and data["fitness_items"]),
+                                table=table(data) if data else None, path=path))
+
+
 def write_report(out: Path, cfg, data: dict, space, task) -> None:
     plot(data["history"], out / "fitness.png", f"fitness ({task.score_label})")
     best, tm, s = data["best"], data["timing"], cfg.search
@@ -126,6 +165,7 @@ def write_report(out: Path, cfg, data: dict, space, task) -> None:
           "![fitness per generation](fitness.png)", "", *arch,
           "Best recipe (`best/recipe.yaml`; `best/model/` is its export):", "", "```yaml", recipe.rstrip(), "```", ""]
     write_atomic(out / "report.md", "\n".join(md))
+    write_model_card(out, cfg, space, best, data)
     write_atomic(out / "report.json", json.dumps(data, indent=1, ensure_ascii=False))
 
 

@@ -22,9 +22,10 @@ import numpy as np
 from ..fsutil import AtomicFolder
 from . import optimizer as optim
 from .config import ModelRef, RunConfig
-from .report import failures, merge_failures, write_ps_dfs_report, write_report
+from .report import failures, merge_failures, write_model_card, write_ps_dfs_report, write_report
 from .runfolder import (CandidateLog, RunFailed, RunFolder, load_checkpoint,  # noqa: F401 (RunFailed)
                         read_candidates, save_checkpoint, stage_folder)
+from .livelog import best_recipe_text, check as check_live, open_live
 from .pool import LocalPool, with_threads
 
 WORST = -1.0            # what the optimizer is told for a failed candidate (every real score is >= 0)
@@ -65,6 +66,7 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
     best = max((r for r in done if r["score"] is not None and r.get("items", n_items) == n_items),
                key=lambda r: r["score"], default=None)
     cand_log = CandidateLog(cand_path, done + pending)
+    live = open_live(cfg, out, state["evaluated"])
     try:
         while state["evaluated"] < budget:
             opt = state["optimizer"]
@@ -85,6 +87,8 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
                     rec = {**rec, **next(fresh)}
                     cand_log.append(rec)
                 records.append(rec)
+                if live is not None:
+                    live.candidate(rec)
                 complete = rec.get("items", n_items) == n_items      # raced out early: not a best
                 if complete and rec["score"] is not None and (best is None or rec["score"] > best["score"]):
                     best = rec
@@ -105,8 +109,12 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
                                 f"the first, candidate {first['index']}: {first['error']}\n  the log is {cand_path}")
             state["history"].append({"generation": generation, "best": max(ok, default=None),
                                      "mean": float(np.mean(ok)) if ok else None,
+                                     "std": float(np.std(ok)) if ok else None,
                                      "best_so_far": best["score"] if best else None,
                                      "failed": len(scores) - len(ok)})
+            if live is not None:
+                live.generation(state["history"][-1], scores, state["evaluated"] + len(genomes) - 1,
+                                best_recipe_text(space, cfg, best["parameters"]) if best else None)
             if len(genomes) == s.popsize:          # a last, partial generation is not told
                 opt.tell(genomes, [WORST if v is None else v for v in scores])
             state["generation"] += 1
@@ -114,6 +122,8 @@ def search(cfg: RunConfig, out: Path, pool, progress=True, log=print) -> dict:
             save_checkpoint(ckpt, state)
     finally:
         cand_log.close()
+        if live is not None:
+            live.close()
     if bar is not None:
         bar.close()
     if best is None:
@@ -133,10 +143,12 @@ def score_generation(cfg: RunConfig, pool, jobs):
     return iter(race(pool.evaluate, jobs, pool.task.fitness_items, schedule, select, cfg.seed))
 
 
-def export_best(out: Path, pool, best: dict) -> Path:
-    """best/recipe.yaml and best/model/ (the export the workbench makes for its search space)."""
+def export_best(out: Path, pool, best: dict, cfg: RunConfig) -> Path:
+    """best/recipe.yaml and best/model/ (the export the workbench makes for its search space), with the
+    model's card (report.py writes it again with the report's table)."""
     with AtomicFolder(out / "best", force=True) as tmp:
         pool.export_best(best, tmp)
+    write_model_card(out, cfg, pool.space, best)
     return out / "best"
 
 
@@ -226,6 +238,7 @@ def run_one(cfg: RunConfig, out: Path, progress, log, create=lambda: None) -> di
     if done.exists():
         log(f"{out}: finished earlier (its report.json is complete); nothing is recomputed")
         return json.loads(done.read_text())
+    check_live(cfg.search.log)              # a missing package is named before anything loads
     with open_pool(cfg, log) as pool:
         space, task = pool.space, pool.task
         create()
@@ -235,7 +248,7 @@ def run_one(cfg: RunConfig, out: Path, progress, log, create=lambda: None) -> di
         state = search(cfg, out, pool, progress, log)
         best = state["best"]
         log(f"best candidate {best['index']}: fitness {best['score']:.1f}; exporting to {out / 'best'}")
-        export_best(out, pool, best)
+        export_best(out, pool, best, cfg)
         rows = evaluate_rows(out, pool, progress, log)
     records = read_candidates(out / "candidates.jsonl")
     data = {"config": cfg.name, "best": best, "history": state["history"], "rows": rows,

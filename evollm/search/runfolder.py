@@ -7,6 +7,7 @@ first candidate, removed; and the candidate log.
   checkpoint.pkl    after every generation, written atomically: optimizer (with its RNG), counters
   best/             recipe.yaml (mergekit-style) and model/ (a checkpoint), once the search ends
   fitness.png, path.png, report.md, report.json
+  tensorboard/      live log (`search.log: tensorboard`, livelog.py)
   ps/, dfs/         a PS+DFS run's two phases, each a run folder of its own
 
 The checkpoint is a pickle: resume only run folders you made.
@@ -24,7 +25,7 @@ from ..fsutil import RunLock, append_line, clean_stale, is_leftover, write_atomi
 from .config import EXECUTION, ConfigError, RunConfig, config_diff, dump_config, parse_config, with_execution
 
 RUN_FILES = ("config.yaml", "run.lock", "candidates.jsonl", "checkpoint.pkl", "best", "fitness.png", "path.png",
-             "report.md", "report.json", "ps", "dfs")
+             "report.md", "report.json", "ps", "dfs", "tensorboard")
 
 
 class RunFailed(RuntimeError):

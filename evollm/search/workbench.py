@@ -178,8 +178,10 @@ class PsWorkbench(Workbench):
         run_merge(recipe, out_dir, device=self.device, seed=self.seed, progress=False)
 
     def export_best(self, best: dict, folder):
+        from ..card import portable_recipe
         recipe = self.space.recipe(best["genome"])
-        (folder / "recipe.yaml").write_text(recipe.to_yaml())
+        names = {m.model: m.name for m in self.cfg.models}      # no path of this machine in the export
+        (folder / "recipe.yaml").write_text(portable_recipe(recipe, names).to_yaml())
         self.export(recipe, folder / "model")
 
     def reference_models(self) -> dict:

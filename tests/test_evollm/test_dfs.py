@@ -114,6 +114,10 @@ def test_dfs_run_exports_a_plain_checkpoint_and_resumes(tmp_path, monkeypatch):
     assert AutoModelForCausalLM.from_pretrained(out / "best" / "model").config.num_hidden_layers == len(path)
     assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == best["score"]
     assert "| hop | model | layer | scale |" in (out / "report.md").read_text()
+    card = (out / "best" / "model" / "README.md").read_text()       # the model card names A and B, shows the path
+    from evollm.card import front_matter
+    assert front_matter(card)["base_model"] == [cfg.search.dfs.a, cfg.search.dfs.b]
+    assert "## Layer path (data-flow space)" in card and f"| {len(path) - 1} | {path[-1][0]} |" in card
     assert "A's layers then B's, unscaled (a frankenmerge)" in data["rows"]
     # an interrupted DFS run resumes to the same candidates
     real, calls = DfsWorkbench.evaluate_candidate, {"n": 0}

@@ -83,6 +83,8 @@ def cfg_data(**over):
     ({"models": ["../assets/models/ja", "../x/ja"]}, "models"),
     ({"colour": "red"}, "colour"),
     ({"search__colour": "red"}, "search.colour"),
+    ({"search__log": "wandb"}, "search.log"),
+    ({"license": 5}, "license"),
 ])
 def test_bad_config_values_name_the_field(over, field):
     with pytest.raises(C.ConfigError, match=rf"RUN.yaml: .*`{field}`"):

@@ -86,3 +86,5 @@ def test_short_vlm_dfs_run(tmp_path):
     assert cfg_out.text_config.num_hidden_layers == len(best["parameters"]["path"])
     assert "vlm-en" in data["rows"] and (tmp_path / "run" / "path.png").exists()
     assert not (tmp_path / "run" / "best" / "mergekit_config.yml").exists()
+    card = (tmp_path / "run" / "best" / "model" / "README.md").read_text()     # the card says which tower changed
+    assert "language tower only, replaced by the evolved layer path" in card and "image-text-to-text" in card
