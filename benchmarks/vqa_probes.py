@@ -1,0 +1,77 @@
+"""The lab notebook's VQA probes of attempt 7 (assets/README.md), on a world folder (CPU, 2 threads):
+
+- `python benchmarks/vqa_probes.py --world W [--vlm DIR]`: task arithmetic of vlm-en's language tower and
+  scene-ja at small vlm-en weights on the first 150 fitness items, ROUGE-L with the language rule (x100,
+  24 new tokens), also with the images shuffled (every question asked about another item's image);
+- `--accuracy`: exact short answers on 200 fitness-bucket scenes (colour, count, time, position questions):
+  vlm-en asked in English, and the scene-ja tower (alone and with a quarter of vlm-en) asked in Japanese.
+"""
+
+import argparse
+import collections
+import random
+from pathlib import Path
+
+import torch
+
+from evollm.protocols.ja_vqa import VqaProtocol
+from evovlm.data import load_ja_vg_vqa
+from evovlm.infer import generate_answers
+from miniworld import formats, report
+from miniworld import scenes as S
+from miniworld.vlm import evaluate_vqa
+
+POINTS = [(0, 1, False), (0, 1, True), (0.1, 1, False), (0.2, 1, False), (0.3, 1, False), (0.4, 1, False),
+          (0.3, 1, True), (0.2, 0.8, False), (0.3, 0.8, False)]
+
+
+def grid(world: Path, vlm, proc, merger):
+    fit = load_ja_vg_vqa(str(world / "data" / "ja-vg-vqa-500" / "train.parquet")).select(range(150))
+    for wv, wj, shuffled in POINTS:
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, report.VQA_JA: {"weight": wj}})
+        r = evaluate_vqa(vlm, proc, fit, max_new_tokens=24, shuffle_images=shuffled)
+        print(f"vlm-en {wv} {report.VQA_JA} {wj} images shuffled={shuffled}: {r['rouge_l']:.1f}  "
+              f"{list(zip(r['references'][:4], r['predictions'][:4]))}", flush=True)
+
+
+def accuracy(vlm, proc, merger, n: int = 200):
+    rng = random.Random(0)
+    items = []
+    for sc in S.scenes_for("fitness", n, 0):
+        en, ja = S.qa_en(sc, short=True), S.qa_ja(sc)
+        i = rng.choice([i for i, (t, _, _) in enumerate(ja) if t in ("color", "count", "where", "time")])
+        items.append((S.render(sc), en[i], ja[i]))
+    ask = lambda system: VqaProtocol("probe", lambda q: formats.chat(q, system, image=True),
+                                     generation={"num_beams": 1, "max_new_tokens": 8}, dtype="float32", batch_size=50)
+
+    def exact(preds, which):
+        by = collections.defaultdict(list)
+        for p, it in zip(preds, items):
+            t, _, gold = it[which]
+            by[t].append(p.strip().split("\n")[0].rstrip("。.") == gold)
+        return {t: round(100 * sum(v) / len(v)) for t, v in sorted(by.items())}, round(100 * sum(map(sum, by.values())) / n)
+
+    imgs = [im for im, _, _ in items]
+    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 1.0}, report.VQA_JA: {"weight": 0.0}})
+    p = generate_answers(vlm, proc, imgs, [e[1] for _, e, _ in items], ask(formats.SYSTEM_EN), max_new_tokens=8)
+    print("vlm-en asked in English, exact:", exact(p, 1), flush=True)
+    for wv in (0.0, 0.25):
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, report.VQA_JA: {"weight": 1.0}})
+        p = generate_answers(vlm, proc, imgs, [j[1] for _, _, j in items], ask(formats.SYSTEM_JA), max_new_tokens=8)
+        print(f"vlm-en {wv} + {report.VQA_JA} 1 asked in Japanese, exact:", exact(p, 2), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default="assets")
+    ap.add_argument("--vlm", help="a vlm-en folder other than WORLD/models/vlm-en (built from the same scene-base)")
+    ap.add_argument("--accuracy", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    world = Path(args.world)
+    vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm)
+    (accuracy if args.accuracy else grid)(*([] if args.accuracy else [world]), vlm, proc, merger)
+
+
+if __name__ == "__main__":
+    main()
