@@ -1,6 +1,6 @@
 """The lab notebook's VQA probes of attempt 7 (assets/README.md), on a world folder (CPU, 2 threads):
 
-- `python benchmarks/vqa_probes.py --world W [--vlm DIR]`: task arithmetic of vlm-en's language tower and
+- `python benchmarks/vqa_probes.py --world W [--vlm DIR] [--lms BASE JA]`: task arithmetic of vlm-en's language tower and
   scene-ja at small vlm-en weights on the first 150 fitness items, ROUGE-L with the language rule (x100,
   24 new tokens), also with the images shuffled (every question asked about another item's image);
 - `--accuracy`: exact short answers on 200 fitness-bucket scenes (colour, count, time, position questions):
@@ -25,22 +25,22 @@ POINTS = [(0, 1, False), (0, 1, True), (0.1, 1, False), (0.2, 1, False), (0.3, 1
           (0.3, 1, True), (0.2, 0.8, False), (0.3, 0.8, False)]
 
 
-def grid(world: Path, vlm, proc, merger):
+def grid(world: Path, vlm, proc, merger, ja: str):
     fit = load_ja_vg_vqa(str(world / "data" / "ja-vg-vqa-500" / "train.parquet")).select(range(150))
     for wv, wj, shuffled in POINTS:
-        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, report.VQA_JA: {"weight": wj}})
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
         r = evaluate_vqa(vlm, proc, fit, max_new_tokens=24, shuffle_images=shuffled)
-        print(f"vlm-en {wv} {report.VQA_JA} {wj} images shuffled={shuffled}: {r['rouge_l']:.1f}  "
+        print(f"vlm-en {wv} {ja} {wj} images shuffled={shuffled}: {r['rouge_l']:.1f}  "
               f"{list(zip(r['references'][:4], r['predictions'][:4]))}", flush=True)
 
 
-def accuracy(vlm, proc, merger, n: int = 200):
+def accuracy(vlm, proc, merger, ja: str, n: int = 200):
     rng = random.Random(0)
     items = []
     for sc in S.scenes_for("fitness", n, 0):
-        en, ja = S.qa_en(sc, short=True), S.qa_ja(sc)
-        i = rng.choice([i for i, (t, _, _) in enumerate(ja) if t in ("color", "count", "where", "time")])
-        items.append((S.render(sc), en[i], ja[i]))
+        en, jq = S.qa_en(sc, short=True), S.qa_ja(sc)
+        i = rng.choice([i for i, (t, _, _) in enumerate(jq) if t in ("color", "count", "where", "time")])
+        items.append((S.render(sc), en[i], jq[i]))
     ask = lambda system: VqaProtocol("probe", lambda q: formats.chat(q, system, image=True),
                                      generation={"num_beams": 1, "max_new_tokens": 8}, dtype="float32", batch_size=50)
 
@@ -52,13 +52,13 @@ def accuracy(vlm, proc, merger, n: int = 200):
         return {t: round(100 * sum(v) / len(v)) for t, v in sorted(by.items())}, round(100 * sum(map(sum, by.values())) / n)
 
     imgs = [im for im, _, _ in items]
-    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 1.0}, report.VQA_JA: {"weight": 0.0}})
+    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 1.0}, ja: {"weight": 0.0}})
     p = generate_answers(vlm, proc, imgs, [e[1] for _, e, _ in items], ask(formats.SYSTEM_EN), max_new_tokens=8)
     print("vlm-en asked in English, exact:", exact(p, 1), flush=True)
     for wv in (0.0, 0.25):
-        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, report.VQA_JA: {"weight": 1.0}})
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, ja: {"weight": 1.0}})
         p = generate_answers(vlm, proc, imgs, [j[1] for _, _, j in items], ask(formats.SYSTEM_JA), max_new_tokens=8)
-        print(f"vlm-en {wv} + {report.VQA_JA} 1 asked in Japanese, exact:", exact(p, 2), flush=True)
+        print(f"vlm-en {wv} + {ja} 1 asked in Japanese, exact:", exact(p, 2), flush=True)
 
 
 def main():
@@ -66,11 +66,16 @@ def main():
     ap.add_argument("--world", default="assets")
     ap.add_argument("--vlm", help="a vlm-en folder other than WORLD/models/vlm-en (built from the same scene-base)")
     ap.add_argument("--accuracy", action="store_true")
+    ap.add_argument("--lms", nargs=2, default=list(report.VQA_LMS), metavar=("BASE", "JA"),
+                    help="the base and the Japanese model under WORLD/models (attempt 7: scene-base scene-ja)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     world = Path(args.world)
-    vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm)
-    (accuracy if args.accuracy else grid)(*([] if args.accuracy else [world]), vlm, proc, merger)
+    vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
+    if args.accuracy:
+        accuracy(vlm, proc, merger, args.lms[1])
+    else:
+        grid(world, vlm, proc, merger, args.lms[1])
 
 
 if __name__ == "__main__":

@@ -129,21 +129,21 @@ def searched(world: Path, sources, task: str, task_cfg: dict, *, budget, seed=0,
     return data["best"]["score"], data["best"]["parameters"]
 
 
-#: the VLM experiment's base LM and Japanese model (its own, read on over scene texts: miniworld.scene_text)
-VQA_BASE, VQA_JA = "scene-base", "scene-ja"
+#: the VLM experiment's base LM and Japanese model (attempt 7's world: scene-base scene-ja, `--lms`)
+VQA_LMS = ("base", "ja")
 
 
-def _vqa_merger(world: Path, device: str, vlm_dir=None):
+def _vqa_merger(world: Path, device: str, vlm_dir=None, lms=VQA_LMS):
     """(vlm, processor, merger): an in-memory merger over the VLM's language tower, the VLM experiment's
-    base and Japanese model."""
+    base and Japanese model (`lms`, folders under `world/models`)."""
     from safetensors.torch import load_file
     from evovlm.model import LanguageTower
     from evovlm.infer import load_vlm
     vlm, proc = load_vlm(vlm_dir or world / "models" / "vlm-en", device)
     tower = LanguageTower(vlm)
-    base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in (VQA_BASE, VQA_JA))
+    base, ja = (load_file(str(world / "models" / n / "model.safetensors")) for n in lms)
     vlm_lm = {k: v.detach().clone() for k, v in tower.state_dict().items()}
-    return vlm, proc, InMemoryMerger(tower, base, {"vlm-en": vlm_lm, VQA_JA: ja}, device)
+    return vlm, proc, InMemoryMerger(tower, base, {"vlm-en": vlm_lm, lms[1]: ja}, device)
 
 
 #: (ja weight, math-a weight) points of `mgsm_grid`
@@ -176,18 +176,18 @@ def mgsm_grid(world: Path, items: int = 150, seed: int = 1, device: str = "cpu",
 VQA_GRID = ((1, 0), (0, 1), (1, 1), (1, 0.7), (0.7, 1), (0.5, 1), (0.5, 0.7))
 
 
-def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", points=VQA_GRID,
+def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", points=VQA_GRID, lms=VQA_LMS,
              log=lambda *a: print(*a, flush=True)) -> dict:
     """Task arithmetic over (vlm-en's tower, ja) at `points`, on the first `items` fitness and test
     rows: the probe of assets/README.md's lab notebook (`vlm_dir`: another VLM built from this base)."""
     from evovlm.data import load_ja_vg_vqa
     from .vlm import evaluate_vqa
-    vlm, proc, merger = _vqa_merger(world, device, vlm_dir)
+    vlm, proc, merger = _vqa_merger(world, device, vlm_dir, lms)
     d = world / "data" / "ja-vg-vqa-500"
     sets = {s: load_ja_vg_vqa(str(d / f"{f}.parquet")).select(range(items)) for s, f in (("fit", "train"), ("test", "test"))}
     out = {}
     for wv, wj in points:
-        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, VQA_JA: {"weight": wj}})
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, lms[1]: {"weight": wj}})
         r = {s: evaluate_vqa(vlm, proc, ds, max_new_tokens=24) for s, ds in sets.items()}
         key = f"{wv}/{wj}"
         out[key] = {s: round(x["rouge_l"], 1) for s, x in r.items()}
@@ -198,14 +198,15 @@ def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", p
 
 
 def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0, device: str = "cpu",
-            weight_max: float = 1.0, recipe=None, log=lambda *a: print(*a, flush=True)) -> dict:
+            weight_max: float = 1.0, recipe=None, lms=VQA_LMS, log=lambda *a: print(*a, flush=True)) -> dict:
     """JA-VG-VQA (world) test and In-the-Wild (world): vlm-en, the base and the Japanese model as its language
     tower, untuned merges, and a searched merge (a search here, or the DARE-TIES `recipe` file an
     `evovlm merge` run found), also with the test images shuffled (each question asked about another
     item's image: a model that looks must lose)."""
     from evovlm.data import load_in_the_wild, load_ja_vg_vqa
     from .vlm import evaluate_vqa
-    vlm, proc, merger = _vqa_merger(world, device)
+    vlm, proc, merger = _vqa_merger(world, device, lms=lms)
+    base_name, ja_name = lms
     data = world / "data"
     fit = load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "train.parquet"))
     tests = {"JA-VG-VQA (world) test": load_ja_vg_vqa(str(data / "ja-vg-vqa-500" / "test.parquet")),
@@ -232,11 +233,11 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
         for t, ds in tests.items()}
     res["constant_answer"] = const
     log(f"{'constant answer':<28}{res['rows'][f'constant answer ({const})']}")
-    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, VQA_JA: {"weight": 0.0}})
-    record(f"{VQA_BASE} as the language tower")
-    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, VQA_JA: {"weight": 1.0}})
-    record(f"{VQA_JA} as the language tower")
-    for label, (method, g, per) in untuned(("vlm-en", VQA_JA)).items():
+    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, ja_name: {"weight": 0.0}})
+    record(f"{base_name} as the language tower")
+    merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 0.0}, ja_name: {"weight": 1.0}})
+    record(f"{ja_name} as the language tower")
+    for label, (method, g, per) in untuned(("vlm-en", ja_name)).items():
         merger.merge(method, g, per, seed=seed)
         record(label)
 
@@ -244,16 +245,16 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
         from evollm.recipe import load_recipe
         r = load_recipe(recipe)
         if r.merge_method != "dare_ties" or not r.models:
-            raise ValueError(f"{recipe}: expected a dare_ties recipe over vlm-en and {VQA_JA}")
+            raise ValueError(f"{recipe}: expected a dare_ties recipe over vlm-en and {ja_name}")
         per = {Path(m.model).name: m.parameters for m in r.models}
         res["recipe"] = {"file": Path(recipe).name, "models": per}
         label = "evolved (the recipe)"
     else:
         t0 = time.time()
-        score, per = searched(world, ["models/vlm-en", f"models/{VQA_JA}"], "ja-vqa", {
+        score, per = searched(world, ["models/vlm-en", f"models/{ja_name}"], "ja-vqa", {
             "fitness": {"data": str(data / "ja-vg-vqa-500" / "train.parquet"), "limit": fitness_items},
             "test": {"data": str(data / "ja-vg-vqa-500" / "test.parquet")}, "protocol": "world"},
-            budget=budget, seed=seed, device=device, weight_max=weight_max, base=f"models/{VQA_BASE}", log=log)
+            budget=budget, seed=seed, device=device, weight_max=weight_max, base=f"models/{base_name}", log=log)
         res["search"] = {"method": "dare_ties", "normalize": False, "models": per,
                          "fitness_rouge_l": round(score, 1), "weight_max": weight_max, "budget": budget,
                          "fitness_items": min(fitness_items, len(fit)), "seconds": round(time.time() - t0)}
@@ -301,6 +302,9 @@ def main(argv=None):
     ap.add_argument("--vlm", help="with --target vqa-grid: a VLM folder other than WORLD/models/vlm-en")
     ap.add_argument("--recipe", help="with --target vqa: score this DARE-TIES recipe (e.g. an evovlm merge run's "
                                      "best/recipe.yaml) instead of searching")
+    ap.add_argument("--lms", nargs=2, default=list(VQA_LMS), metavar=("BASE", "JA"),
+                    help="with the vqa targets: the base and the Japanese model under WORLD/models "
+                         "(attempt 7's world: scene-base scene-ja)")
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--fitness-items", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -314,9 +318,9 @@ def main(argv=None):
     if args.target == "mgsm-grid":
         res = mgsm_grid(world, device=args.device)
     elif args.target == "vqa-grid":
-        res = vqa_grid(world, args.vlm, device=args.device)
+        res = vqa_grid(world, args.vlm, device=args.device, lms=tuple(args.lms))
     elif args.target == "vqa":
-        res = run_vqa(world, args.budget, args.fitness_items, args.seed, args.device, args.weight_max, args.recipe)
+        res = run_vqa(world, args.budget, args.fitness_items, args.seed, args.device, args.weight_max, args.recipe, tuple(args.lms))
         print(vqa_table(res))
     else:
         res = run(world, args.target, args.budget, args.fitness_items, args.seed, args.device,

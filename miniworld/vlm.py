@@ -466,14 +466,14 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     return report
 
 
-def build_vlm_world(out, seed: int = 0, device: str = "cpu", log=print, **recipe) -> dict:
+def build_vlm_world(out, seed: int = 0, device: str = "cpu", log=print, lm: str = "base", **recipe) -> dict:
     """The world's VLM stage: the VQA data sets under `out/data` and `vlm-en` at `out/models/vlm-en`,
-    from `out/tokenizer` and `out/models/base`. `recipe` overrides `train_vlm` / `build_vqa_data` settings."""
+    from `out/tokenizer` and the LM `out/models/<lm>`. `recipe` overrides `train_vlm` / `build_vqa_data` settings."""
     from .vqa_data import build_vqa_data
     out = Path(out)
     data_keys = ("n_fitness", "n_test", "n_wild_images", "n_wild_questions")
     data = build_vqa_data(out / "data", seed=seed, **{k: recipe.pop(k) for k in data_keys if k in recipe})
-    report = train_vlm(out / "tokenizer", out / "models" / "scene-base", out / "models" / "vlm-en", seed=seed,
+    report = train_vlm(out / "tokenizer", out / "models" / lm, out / "models" / "vlm-en", seed=seed,
                        device=device, log=log, **recipe)
     return {"data": {k: str(v) for k, v in data.items()}, "vlm": report}
 

@@ -27,7 +27,7 @@ def test_short_vlm_run(tmp_path):
     recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
     assert len(recs) == 4 and all(r["error"] is None for r in recs)
     assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == max(r["score"] for r in recs)
-    assert {"vlm-en", "scene-ja as the language tower", "base as the language tower",
+    assert {"vlm-en", "ja as the language tower", "base as the language tower",
             "images shuffled (evolved)"} <= set(data["rows"]) and data["task"] == "ja-vqa"
     src = load_file(str(ASSETS / "models" / "vlm-en" / "model.safetensors"))
     out = load_file(str(tmp_path / "run" / "best" / "model" / "model.safetensors"))

@@ -12,7 +12,7 @@ from miniworld import build, formats
 
 from helpers import ASSETS
 
-LMS = ("base", "ja", "math-a", "math-b", "scene-base", "scene-ja")
+LMS = ("base", "ja", "math-a", "math-b")
 
 
 def _lm(name):
@@ -25,7 +25,7 @@ def _lm(name):
 
 def test_assets_stay_small():
     size = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
-    assert size < 56 * 2**20, f"assets/ holds {size / 2**20:.1f} MiB"
+    assert size < 42 * 2**20, f"assets/ holds {size / 2**20:.1f} MiB"
 
 
 def test_tokenizer_round_trips_any_text():
@@ -140,24 +140,3 @@ def test_the_recorded_merge_composes_what_no_source_has():
     (method, g, per), = recorded_recipes(ASSETS, "mgsm-ja").values()
     merged = InMemoryMerger(model, sd["base"], {n: sd[n] for n in SOURCES}).merge(method, g, per, seed=0)
     assert acc(merged) >= 20
-
-
-@pytest.mark.slow
-def test_the_recorded_vlm_merge_looks_at_the_image_and_answers_in_japanese(tmp_path):
-    """Issue 19: the recorded VQA recipe, exported by `evovlm merge --recipe`, answers held-out scenes in
-    Japanese far above the English VLM, and loses when every image is another scene's (it looks at the
-    image; measured here on the first 60 test items). It does not beat the Japanese model as the tower by
-    a margin (assets/README.md, attempt 7), so that is not asserted."""
-    from evovlm.cli import main
-    from evovlm.data import load_ja_vg_vqa
-    from evovlm.infer import load_vlm
-    from miniworld.vlm import evaluate_vqa
-    assert main(["merge", "--recipe", str(ASSETS / "recipes" / "vqa-ja-searched.yaml"), "--out",
-                 str(tmp_path / "m"), "--seed", "0"]) == 0
-    test = load_ja_vg_vqa(str(ASSETS / "data" / "ja-vg-vqa-500" / "test.parquet")).select(range(60))
-    score = lambda m, p, **kw: evaluate_vqa(m, p, test, max_new_tokens=32, **kw)["rouge_l"]
-    merged, proc = load_vlm(tmp_path / "m")
-    evolved = score(merged, proc)
-    vlm, proc = load_vlm(ASSETS / "models" / "vlm-en")
-    assert evolved > score(vlm, proc) + 30
-    assert evolved > score(merged, proc, shuffle_images=True) + 5
