@@ -23,18 +23,27 @@ from miniworld.vlm import evaluate_vqa
 
 POINTS = [(0, 1, False), (0, 1, True), (0.1, 1, False), (0.2, 1, False), (0.3, 1, False), (0.4, 1, False),
           (0.3, 1, True), (0.2, 0.8, False), (0.3, 0.8, False)]
+ACCURACY_POINTS = [(0.0, 1.0, False), (0.25, 1.0, False)]
 
 
-def grid(world: Path, vlm, proc, merger, ja: str):
+def point(text: str) -> tuple:
+    """`WV,WJ` or `WV,WJ,s` (s: images shuffled) -> (vlm-en weight, Japanese model weight, shuffled)."""
+    parts = text.split(",")
+    if len(parts) not in (2, 3) or parts[2:] not in ([], ["s"]):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WV,WJ or WV,WJ,s")
+    return float(parts[0]), float(parts[1]), parts[2:] == ["s"]
+
+
+def grid(world: Path, vlm, proc, merger, ja: str, points=POINTS):
     fit = load_ja_vg_vqa(str(world / "data" / "ja-vg-vqa-500" / "train.parquet")).select(range(150))
-    for wv, wj, shuffled in POINTS:
+    for wv, wj, shuffled in points:
         merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
         r = evaluate_vqa(vlm, proc, fit, max_new_tokens=24, shuffle_images=shuffled)
         print(f"vlm-en {wv} {ja} {wj} images shuffled={shuffled}: {r['rouge_l']:.1f}  "
               f"{list(zip(r['references'][:4], r['predictions'][:4]))}", flush=True)
 
 
-def accuracy(vlm, proc, merger, ja: str, n: int = 200):
+def accuracy(vlm, proc, merger, ja: str, points=ACCURACY_POINTS, n: int = 200):
     rng = random.Random(0)
     items = []
     for sc in S.scenes_for("fitness", n, 0):
@@ -55,10 +64,10 @@ def accuracy(vlm, proc, merger, ja: str, n: int = 200):
     merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 1.0}, ja: {"weight": 0.0}})
     p = generate_answers(vlm, proc, imgs, [e[1] for _, e, _ in items], ask(formats.SYSTEM_EN), max_new_tokens=8)
     print("vlm-en asked in English, exact:", exact(p, 1), flush=True)
-    for wv in (0.0, 0.25):
-        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, ja: {"weight": 1.0}})
+    for wv, wj, _ in points:
+        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
         p = generate_answers(vlm, proc, imgs, [j[1] for _, _, j in items], ask(formats.SYSTEM_JA), max_new_tokens=8)
-        print(f"vlm-en {wv} + {ja} 1 asked in Japanese, exact:", exact(p, 2), flush=True)
+        print(f"vlm-en {wv} + {ja} {wj} asked in Japanese, exact:", exact(p, 2), flush=True)
 
 
 def main():
@@ -68,14 +77,17 @@ def main():
     ap.add_argument("--accuracy", action="store_true")
     ap.add_argument("--lms", nargs=2, default=list(report.VQA_LMS), metavar=("BASE", "JA"),
                     help="the base and the Japanese model under WORLD/models (attempt 7: scene-base scene-ja)")
+    ap.add_argument("--points", nargs="+", type=point, metavar="WV,WJ[,s]",
+                    help="task-arithmetic weights to probe (vlm-en, the Japanese model; s: images shuffled); "
+                         "defaults: attempt 7's small vlm-en weights, for --accuracy 0,1 and 0.25,1")
     args = ap.parse_args()
     torch.set_num_threads(2)
     world = Path(args.world)
     vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
     if args.accuracy:
-        accuracy(vlm, proc, merger, args.lms[1])
+        accuracy(vlm, proc, merger, args.lms[1], args.points or ACCURACY_POINTS)
     else:
-        grid(world, vlm, proc, merger, args.lms[1])
+        grid(world, vlm, proc, merger, args.lms[1], args.points or POINTS)
 
 
 if __name__ == "__main__":

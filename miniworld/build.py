@@ -140,21 +140,29 @@ def stage_data(out: Path, seed: int, device: str, rc: dict):
         _write_jsonl(out / "data" / "mixed" / f"{split}.jsonl", mixed[split])
 
 
-def stage_scenes(out: Path, seed: int, device: str, rc: dict):
+def _base_doc(b: dict):
+    """One document drawn as the base's corpus (recipe section `b`)."""
+    return lambda rng: corpus.base_corpus(rng, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
+
+
+def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
     """`scene-base`: the base read on over scene texts (half its documents); `scene-ja`: a Japanese
-    instruction model fine-tuned from it (ja's instructions plus questions about scenes described in text)."""
+    instruction model fine-tuned from it (ja's instructions plus questions about scenes described in text).
+    `only`: the one of them to (re)build."""
     from transformers import AutoModelForCausalLM
     from .scene_text import scene_base_corpus, scene_ja_pair
     from .train import train
-    tok, c, b = _load_tok(out), rc["scene-base"], rc["base"]
-    r = _rng("scene-base", seed)
-    base_doc = lambda rng: corpus.base_corpus(rng, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
-    docs = scene_base_corpus(r, c["docs"], c["scene_share"], base_doc)
-    model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
-    losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"], lr=c["lr"],
-                   warmup=c["warmup"], seed=seed, device=device, label="scene-base")
-    _save_model(model.cpu(), tok, out / "models" / "scene-base", {"stage": "scene-base", "from": "base", **c,
-                                                                  "final_loss": losses[-1]})
+    if not only or "scene-base" in only:
+        tok, c, b = _load_tok(out), rc["scene-base"], rc["base"]
+        r = _rng("scene-base", seed)
+        docs = scene_base_corpus(r, c["docs"], c["scene_share"], _base_doc(b))
+        model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
+        losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"],
+                       lr=c["lr"], warmup=c["warmup"], seed=seed, device=device, label="scene-base")
+        _save_model(model.cpu(), tok, out / "models" / "scene-base", {"stage": "scene-base", "from": "base", **c,
+                                                                      "final_loss": losses[-1]})
+    if only and "scene-ja" not in only:
+        return
     c = rc["scene-ja"]
     r = _rng("scene-ja", seed)
     general = ja_pairs(seed, dict(rc["ja"], pairs=c["pairs"]))
@@ -163,8 +171,17 @@ def stage_scenes(out: Path, seed: int, device: str, rc: dict):
 
 
 def stage_vlm(out: Path, seed: int, device: str, rc: dict):
+    """`vlm-en` from `vlm.lm`; with `vlm.text_batch`, it reads on `vlm.text_docs` documents drawn as that
+    language model's own corpus (the base's, or scene-base's) beside the images."""
+    from .scene_text import scene_base_corpus
     from .vlm import build_vlm_world
-    build_vlm_world(out, seed=seed, device=device, **rc["vlm"])
+    c = dict(rc["vlm"])
+    n_docs = c.pop("text_docs", 20_000)
+    if c.get("text_batch"):
+        r, doc = _rng("vlm-text", seed), _base_doc(rc["base"])
+        share = rc["scene-base"]["scene_share"] if c.get("lm") == "scene-base" else 0.0
+        c["text_corpus"] = scene_base_corpus(r, n_docs, share, doc)
+    build_vlm_world(out, seed=seed, device=device, **c)
 
 
 def build(out, seed: int = RECIPE["seed"], device: str = "cpu", stages=DEFAULT_STAGES, only=None, recipe=None):
@@ -180,7 +197,7 @@ def build(out, seed: int = RECIPE["seed"], device: str = "cpu", stages=DEFAULT_S
         if stage in stages:
             t0 = time.time()
             fn = globals()[f"stage_{stage}"]
-            fn(out, seed, device, rc, only) if stage == "finetune" else fn(out, seed, device, rc)
+            fn(out, seed, device, rc, only) if stage in ("finetune", "scenes") else fn(out, seed, device, rc)
             print(f"stage {stage}: {time.time() - t0:.0f}s on {device}", flush=True)
 
 
@@ -190,7 +207,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=RECIPE["seed"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES)
-    ap.add_argument("--only", nargs="+", help="with the finetune stage: which models (ja, math-a, math-b)")
+    ap.add_argument("--only", nargs="+", help="with the finetune stage: which models (ja, math-a, math-b); with scenes: scene-base or scene-ja")
     ap.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a recipe entry, e.g. ja.lr=3e-4 (VALUE read as YAML)")
     args = ap.parse_args(argv)

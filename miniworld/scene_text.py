@@ -5,7 +5,8 @@ A scene's facts are stated in English and in Japanese with the words a short ans
 提灯は赤です。夕方の景色です。". Who reads what:
 - `scene-base` (the base LM read on): the base corpus plus a share of scene documents: facts or a
   caption in one language, translation pairs, and look-ups (a description, a question in either
-  language, the answer in the question's language), in the base's own `Q: / A:` format;
+  language, the answer in the question's language) in the chat turn that the base's instruction
+  documents use, so that every model built on it understands a question in either language;
 - `scene-ja` (the Japanese instruction model): ja's instructions plus Japanese questions about a
   scene *described in text* (Japanese or English), answered in short Japanese, in the chat turn.
 All scenes come from the `train` bucket of `scenes.split_of`: no evaluation scene is ever described.
@@ -83,8 +84,10 @@ def scene_document(rng: random.Random) -> str:
         en, ja = facts_en(scene, rng), facts_ja(scene, rng)
         return rng.choice([f"English: {en}\nJapanese: {ja}", f"日本語: {ja}\n英語: {en}"])
     (_, q_en, a_en), (_, q_ja, a_ja) = _qa(scene, rng)
-    q, a = (q_en, a_en) if rng.random() < 0.5 else (q_ja, a_ja)
-    return f"{describe(scene, rng.choice(['en', 'ja']), rng, complete=True)}\nQ: {q}\nA: {a}"
+    lang = rng.choice(["en", "ja"])
+    q, a = (q_en, a_en) if lang == "en" else (q_ja, a_ja)
+    system = formats.SYSTEM_EN if lang == "en" else formats.SYSTEM_JA
+    return f"{formats.chat(describe(scene, rng.choice(['en', 'ja']), rng, complete=True) + chr(10) + q, system)} {a}"
 
 
 def scene_base_corpus(rng: random.Random, n_docs: int, scene_share: float, base_doc) -> list[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -397,16 +398,40 @@ def attribute_accuracy(clip, head, processor, device="cpu", n: int = 256) -> dic
 
 # --------------------------------------------------------------------------- the recipe
 
+def _with_text_loss(model, loss_fn, tok, corpus, batch: int, block: int, seed: int, device: str):
+    """`loss_fn` plus, when `batch`, the language model's next-token loss on `batch` random blocks of `corpus`."""
+    if not batch:
+        return loss_fn
+    if not corpus:
+        raise ValueError("vlm.text_batch needs a text corpus (the language model's own documents)")
+    from .train import pack
+    blocks = pack(tok, corpus, block).to(device)
+    gen = torch.Generator().manual_seed(seed)
+
+    def fn(b):
+        x = blocks[torch.randint(0, len(blocks), (batch,), generator=gen)]
+        h = model.model.language_model(input_ids=x).last_hidden_state[:, :-1]
+        logits = model.lm_head(h).float()
+        return loss_fn(b) + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    return fn
+
+
 def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int = 1500, stage1_steps: int = 100,
               stage2_steps: int = 700, vision_batch: int = 32, batch_size: int = 32, image_size: int = S.SIZE,
               patch_size: int = 16, width: int = 128, layers: int = 3, heads: int = 4, clip_weight: float = 0.0,
               lr_vision_pretrain: float = 1e-3, lr_projector: float = 1e-3, lr_lm: float = 5e-4,
               lr_vision: float = 1e-4, train_vision: bool = True, ja_question_frac: float = 0.3,
-              caption_frac: float = 0.2, short_answers: bool = False, micro: int = 2, device: str = "cpu",
-              log=print) -> dict:
+              caption_frac: float = 0.2, short_answers: bool = False, lm_params: str = "", text_corpus=None,
+              text_batch: int = 0, text_block: int = 128, micro: int = 2, device: str = "cpu", log=print) -> dict:
     """Train `vlm-en` and save it as a Hugging Face folder at `out_dir` (atomically); returns the report.
 
-    The defaults are the world's recipe (about 8 minutes on 2 CPU threads); step counts scale it."""
+    The defaults are the world's recipe (about 8 minutes on 2 CPU threads); step counts scale it.
+    `lm_params`: a regular expression; when given, stage 2 trains only the language model's parameters
+    whose names, as in the base LM's checkpoint (`model.layers.0.mlp.up_proj.weight`, `lm_head.weight`),
+    it matches; the rest of the language model stays the base's. `text_batch`: stage 2 also reads on
+    `text_batch` blocks of `text_block` tokens of `text_corpus` (documents, text only) per step, next-token
+    loss added to the answer loss, as LLaVA's instruction mix carries text-only data: the language
+    model keeps its text behaviour (the question's language, look-ups) and learns what images need."""
     from transformers import AutoTokenizer
     t_start = time.time()
     torch.manual_seed(seed)
@@ -417,7 +442,8 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     report = {"seed": seed, "image_size": image_size, "patch_size": patch_size,
               "vision": {"width": width, "layers": layers, "heads": heads, "train_in_stage2": train_vision},
               "batch_size": batch_size, "ja_question_frac": ja_question_frac, "caption_frac": caption_frac,
-              "short_answers": short_answers,
+              "short_answers": short_answers, "lm_params": lm_params,
+              "text": {"batch": text_batch, "block": text_block, "docs": len(text_corpus or ())},
               "threads": torch.get_num_threads(), "device": device}
 
     # 0. vision tower (open_clip) pre-training, then conversion to transformers
@@ -449,8 +475,17 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     report["stage1"] = _optimise([{"params": list(m.multi_modal_projector.parameters()), "lr": lr_projector}],
                                  stage1_steps, make_batch(1), lambda b: answer_loss(model, b), log, "stage1")
     model.requires_grad_(True)
+    lm = [(f"model.{n}", p) for n, p in m.language_model.named_parameters()] + \
+        [(f"lm_head.{n}", p) for n, p in model.lm_head.named_parameters()]
+    if lm_params:
+        for n, p in lm:
+            p.requires_grad_(bool(re.search(lm_params, n)))
+        lm = [(n, p) for n, p in lm if p.requires_grad]
+        if not lm:
+            raise ValueError(f"vlm.lm_params={lm_params!r} matches no language-model parameter")
+        report["lm_trained"] = sorted({re.sub(r"\.(weight|bias)$", "", n) for n, _ in lm})
     groups = [{"params": list(m.multi_modal_projector.parameters()), "lr": lr_projector},
-              {"params": list(m.language_model.parameters()) + list(model.lm_head.parameters()), "lr": lr_lm}]
+              {"params": [p for _, p in lm], "lr": lr_lm}]
     if train_vision:
         groups.append({"params": list(m.vision_tower.parameters()), "lr": lr_vision})
     else:
@@ -458,8 +493,8 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     seen = set()                                    # tied embeddings appear once
     for g in groups:
         g["params"] = [p for p in g["params"] if id(p) not in seen and not seen.add(id(p))]
-    report["stage2"] = _optimise(groups, stage2_steps, make_batch(2), lambda b: answer_loss(model, b), log,
-                                 "stage2")
+    report["stage2"] = _optimise(groups, stage2_steps, make_batch(2), _with_text_loss(
+        model, lambda b: answer_loss(model, b), tok, text_corpus, text_batch, text_block, seed, device), log, "stage2")
     model.eval()
     report["train_seconds"] = round(time.time() - t_start, 1)
     save_vlm(model.cpu(), processor, out_dir, report)

@@ -42,6 +42,19 @@ def test_world_rebuilds_bit_for_bit(world):
     assert a == b and any(k.endswith("model.safetensors") for k in a)
 
 
+def test_only_rebuilds_the_named_scene_model(world):
+    """`--only scene-ja` re-runs the Japanese model of the scenes stage alone, from the scene-base there."""
+    import shutil
+    root = world / "only"
+    shutil.copytree(world / "a", root)
+    shutil.rmtree(root / "models" / "scene-ja")
+    (root / "models" / "scene-base" / "marker").write_text("kept")
+    build.build(root, stages=("scenes",), only=["scene-ja"], recipe=TINY)
+    assert (root / "models" / "scene-base" / "marker").exists()
+    again, first = _digest(root / "models" / "scene-ja"), _digest(world / "a" / "models" / "scene-ja")
+    assert again == first
+
+
 def test_tokenizer_round_trips_japanese(world):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(world / "a" / "tokenizer")

@@ -33,3 +33,19 @@ def test_scene_ja_pairs_ask_japanese_questions_answered_in_japanese_about_text()
 def test_scene_documents_are_deterministic():
     a = [T.scene_document(random.Random(3)) for _ in range(3)]
     assert a[0] == a[1] == a[2] and a[0]
+
+
+def test_scene_look_ups_are_chat_turns_answered_in_the_question_language():
+    import re
+    from miniworld import formats
+    rng = random.Random(2)
+    looks = [d for d in (T.scene_document(rng) for _ in range(300)) if d.startswith("[INST]")]
+    assert len(looks) > 50
+    langs = set()
+    for d in looks:
+        prompt, answer = d.split(" [/INST] ")
+        ja = prompt.startswith(f"[INST] {formats.SYSTEM_JA}\n")
+        assert ja or prompt.startswith(f"[INST] {formats.SYSTEM_EN}\n")
+        assert bool(re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", answer)) == ja, d
+        langs.add(ja)
+    assert langs == {True, False}

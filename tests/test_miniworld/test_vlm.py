@@ -231,3 +231,34 @@ def test_train_vlm_saves_a_loadable_folder(tiny_world, world_data):
     assert res["references"][0] == ds[0]["qas"][0]["answer"]
     again = V.evaluate_vqa(str(out), None, ds.select(range(2)), max_new_tokens=3)
     assert again["predictions"] == res["predictions"][:2]
+
+
+def test_train_vlm_lm_params_trains_only_the_named_language_model_tensors(tiny_world, tmp_path):
+    from safetensors.torch import load_file
+    base = load_file(str(tiny_world / "models" / "base" / "model.safetensors"))
+    kw = dict(seed=0, vision_steps=1, stage1_steps=0, stage2_steps=2, vision_batch=4, batch_size=4, width=32, layers=1,
+              heads=2, lr_lm=1e-2, log=None)
+    report = V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "v", lm_params=r"layers\.0\.mlp",
+                         **kw)
+    assert report["lm_params"] == r"layers\.0\.mlp" and all("layers.0.mlp" in n for n in report["lm_trained"])
+    got = load_file(str(tmp_path / "v" / "model.safetensors"))
+    lm = {k.removeprefix("language_model."): v for k, v in got.items() if k.startswith("language_model.")}
+    assert set(lm) == set(base)
+    changed = {k for k, v in lm.items() if not torch.equal(v, base[k].to(v.dtype))}
+    assert changed and all(k.startswith("model.layers.0.mlp.") for k in changed)
+    with pytest.raises(ValueError, match="vlm.lm_params='nosuch' matches no"):
+        V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "w", lm_params="nosuch", **kw)
+
+
+def test_train_vlm_reads_on_text_beside_the_images(tiny_world, tmp_path):
+    """`text_batch`: stage 2 adds the language model's next-token loss on text-only documents."""
+    kw = dict(seed=0, vision_steps=1, stage1_steps=0, stage2_steps=2, vision_batch=4, batch_size=4, width=32, layers=1,
+              heads=2, log=None)
+    docs = [f"{SYSTEM_JA}\n鳥居は赤です。" for _ in range(20)]
+    with_text = V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "t", text_corpus=docs,
+                            text_batch=2, text_block=16, **kw)
+    plain = V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "p", **kw)
+    assert with_text["text"] == {"batch": 2, "block": 16, "docs": 20} and plain["text"]["batch"] == 0
+    assert with_text["stage2"]["final_loss"] > plain["stage2"]["final_loss"]     # the text loss is added
+    with pytest.raises(ValueError, match="vlm.text_batch needs a text corpus"):
+        V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "e", text_batch=2, **kw)
