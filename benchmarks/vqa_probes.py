@@ -1,10 +1,11 @@
-"""The lab notebook's VQA probes of attempt 7 (assets/README.md), on a world folder (CPU, 2 threads):
+"""The lab notebook's VQA probes of attempts 7-8 (assets/README.md), on a world folder (CPU, 2 threads):
 
 - `python benchmarks/vqa_probes.py --world W [--vlm DIR] [--lms BASE JA]`: task arithmetic of vlm-en's language tower and
   scene-ja at small vlm-en weights on the first 150 fitness items, ROUGE-L with the language rule (x100,
   24 new tokens), also with the images shuffled (every question asked about another item's image);
 - `--accuracy`: exact short answers on 200 fitness-bucket scenes (colour, count, time, position questions):
-  vlm-en asked in English, and the scene-ja tower (alone and with a quarter of vlm-en) asked in Japanese.
+  vlm-en asked in English, vlm-en asked in Japanese (does it understand the question? scored against the
+  English answer), and the scene-ja tower (alone and with a quarter of vlm-en, or `--points`) asked in Japanese.
 """
 
 import argparse
@@ -64,6 +65,8 @@ def accuracy(vlm, proc, merger, ja: str, points=ACCURACY_POINTS, n: int = 200):
     merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": 1.0}, ja: {"weight": 0.0}})
     p = generate_answers(vlm, proc, imgs, [e[1] for _, e, _ in items], ask(formats.SYSTEM_EN), max_new_tokens=8)
     print("vlm-en asked in English, exact:", exact(p, 1), flush=True)
+    p = generate_answers(vlm, proc, imgs, [j[1] for _, _, j in items], ask(formats.SYSTEM_JA), max_new_tokens=8)
+    print("vlm-en asked in Japanese, exact against the English answer:", exact(p, 1), flush=True)
     for wv, wj, _ in points:
         merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
         p = generate_answers(vlm, proc, imgs, [j[1] for _, _, j in items], ask(formats.SYSTEM_JA), max_new_tokens=8)
