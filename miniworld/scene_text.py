@@ -74,8 +74,9 @@ def _qa(scene: S.Scene, rng: random.Random, types=None) -> tuple:
     return en[i], ja[i]
 
 
-def scene_document(rng: random.Random) -> str:
-    """One base document about a train-bucket scene (see the module docstring)."""
+def scene_document(rng: random.Random, paired: float = 0.0) -> str:
+    """One base document about a train-bucket scene (see the module docstring). `paired`: the share of
+    look-ups that ask the same question in both languages about one description, one turn each."""
     scene = train_scene(rng)
     r = rng.random()
     if r < 0.3:
@@ -84,15 +85,21 @@ def scene_document(rng: random.Random) -> str:
         en, ja = facts_en(scene, rng), facts_ja(scene, rng)
         return rng.choice([f"English: {en}\nJapanese: {ja}", f"日本語: {ja}\n英語: {en}"])
     (_, q_en, a_en), (_, q_ja, a_ja) = _qa(scene, rng)
+
+    def turn(text: str, lang: str) -> str:
+        q, a, system = (q_en, a_en, formats.SYSTEM_EN) if lang == "en" else (q_ja, a_ja, formats.SYSTEM_JA)
+        return f"{formats.chat(text + chr(10) + q, system)} {a}"
+    if paired and rng.random() < paired:
+        text = describe(scene, rng.choice(["en", "ja"]), rng, complete=True)
+        first = rng.choice(["en", "ja"])
+        return f"{turn(text, first)}\n{turn(text, 'ja' if first == 'en' else 'en')}"
     lang = rng.choice(["en", "ja"])
-    q, a = (q_en, a_en) if lang == "en" else (q_ja, a_ja)
-    system = formats.SYSTEM_EN if lang == "en" else formats.SYSTEM_JA
-    return f"{formats.chat(describe(scene, rng.choice(['en', 'ja']), rng, complete=True) + chr(10) + q, system)} {a}"
+    return turn(describe(scene, rng.choice(["en", "ja"]), rng, complete=True), lang)
 
 
-def scene_base_corpus(rng: random.Random, n_docs: int, scene_share: float, base_doc) -> list[str]:
+def scene_base_corpus(rng: random.Random, n_docs: int, scene_share: float, base_doc, paired: float = 0.0) -> list[str]:
     """`n_docs` documents: a `scene_share` of scene documents, the rest from `base_doc(rng)`."""
-    return [scene_document(rng) if rng.random() < scene_share else base_doc(rng) for _ in range(n_docs)]
+    return [scene_document(rng, paired) if rng.random() < scene_share else base_doc(rng) for _ in range(n_docs)]
 
 
 def scene_ja_pair(rng: random.Random) -> tuple:

@@ -49,3 +49,15 @@ def test_scene_look_ups_are_chat_turns_answered_in_the_question_language():
         assert bool(re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", answer)) == ja, d
         langs.add(ja)
     assert langs == {True, False}
+
+
+def test_paired_look_ups_ask_one_description_in_both_languages():
+    rng = random.Random(4)
+    docs = [T.scene_document(rng, paired=1.0) for _ in range(200)]
+    pairs = [d for d in docs if d.count("[INST]") == 2]
+    assert len(pairs) > 50 and all(d.count("[INST]") in (0, 2) for d in docs)
+    for d in pairs:
+        first, second = d.split("\n[INST] ")
+        body = lambda turn: turn.split("\n", 1)[1].rsplit("\n", 1)[0]     # the description between system and question
+        assert body(first) == body("[INST] " + second)
+        assert ("[INST] " + second).startswith("[INST] You") != first.startswith("[INST] You")
