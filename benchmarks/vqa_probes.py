@@ -16,11 +16,9 @@ from pathlib import Path
 import torch
 
 from evollm.protocols.ja_vqa import VqaProtocol
-from evovlm.data import load_ja_vg_vqa
 from evovlm.infer import generate_answers
 from miniworld import formats, report
 from miniworld import scenes as S
-from miniworld.vlm import evaluate_vqa
 
 POINTS = [(0, 1, False), (0, 1, True), (0.1, 1, False), (0.2, 1, False), (0.3, 1, False), (0.4, 1, False),
           (0.3, 1, True), (0.2, 0.8, False), (0.3, 0.8, False)]
@@ -33,15 +31,6 @@ def point(text: str) -> tuple:
     if len(parts) not in (2, 3) or parts[2:] not in ([], ["s"]):
         raise argparse.ArgumentTypeError(f"{text!r}: expected WV,WJ or WV,WJ,s")
     return float(parts[0]), float(parts[1]), parts[2:] == ["s"]
-
-
-def grid(world: Path, vlm, proc, merger, ja: str, points=POINTS):
-    fit = load_ja_vg_vqa(str(world / "data" / "ja-vg-vqa-500" / "train.parquet")).select(range(150))
-    for wv, wj, shuffled in points:
-        merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
-        r = evaluate_vqa(vlm, proc, fit, max_new_tokens=24, shuffle_images=shuffled)
-        print(f"vlm-en {wv} {ja} {wj} images shuffled={shuffled}: {r['rouge_l']:.1f}  "
-              f"{list(zip(r['references'][:4], r['predictions'][:4]))}", flush=True)
 
 
 def accuracy(vlm, proc, merger, ja: str, points=ACCURACY_POINTS, n: int = 200):
@@ -86,11 +75,11 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     world = Path(args.world)
-    vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
     if args.accuracy:
+        vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
         accuracy(vlm, proc, merger, args.lms[1], args.points or ACCURACY_POINTS)
     else:
-        grid(world, vlm, proc, merger, args.lms[1], args.points or POINTS)
+        report.vqa_grid(world, args.vlm, items=150, points=args.points or POINTS, lms=tuple(args.lms), splits=("fit",))
 
 
 if __name__ == "__main__":

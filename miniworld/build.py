@@ -208,7 +208,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=RECIPE["seed"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES)
-    ap.add_argument("--only", nargs="+", help="with the finetune stage: which models (ja, math-a, math-b); with scenes: scene-base or scene-ja")
+    ap.add_argument("--only", nargs="+", help="which models: with the finetune stage ja, math-a, math-b; "
+                                              "with scenes scene-base, scene-ja")
     ap.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a recipe entry, e.g. ja.lr=3e-4 (VALUE read as YAML)")
     args = ap.parse_args(argv)

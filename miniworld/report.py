@@ -177,23 +177,28 @@ VQA_GRID = ((1, 0), (0, 1), (1, 1), (1, 0.7), (0.7, 1), (0.5, 1), (0.5, 0.7))
 
 
 def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", points=VQA_GRID, lms=VQA_LMS,
-             log=lambda *a: print(*a, flush=True)) -> dict:
-    """Task arithmetic over (vlm-en's tower, ja) at `points`, on the first `items` fitness and test
-    rows: the probe of assets/README.md's lab notebook (`vlm_dir`: another VLM built from this base)."""
+             splits=("fit", "test"), log=lambda *a: print(*a, flush=True)) -> dict:
+    """Task arithmetic over (vlm-en's tower, ja) at `points`, on the first `items` rows of `splits` (fitness,
+    test): the probe of assets/README.md's lab notebook (`vlm_dir`: another VLM built from this base). A point
+    is (vlm-en weight, ja weight) or (..., True): every question asked about another item's image."""
     from evovlm.data import load_ja_vg_vqa
     from .vlm import evaluate_vqa
     vlm, proc, merger = _vqa_merger(world, device, vlm_dir, lms)
     d = world / "data" / "ja-vg-vqa-500"
-    sets = {s: load_ja_vg_vqa(str(d / f"{f}.parquet")).select(range(items)) for s, f in (("fit", "train"), ("test", "test"))}
+    files = {"fit": "train", "test": "test"}
+    sets = {s: load_ja_vg_vqa(str(d / f"{files[s]}.parquet")).select(range(items)) for s in splits}
     out = {}
-    for wv, wj in points:
+    for wv, wj, *shuffled in points:
+        shuffled = bool(shuffled and shuffled[0])
         merger.merge("task_arithmetic", {}, {"vlm-en": {"weight": wv}, lms[1]: {"weight": wj}})
-        r = {s: evaluate_vqa(vlm, proc, ds, max_new_tokens=24) for s, ds in sets.items()}
-        key = f"{wv}/{wj}"
+        r = {s: evaluate_vqa(vlm, proc, ds, max_new_tokens=24, shuffle_images=shuffled) for s, ds in sets.items()}
+        key = f"{wv}/{wj}" + (" images shuffled" if shuffled else "")
         out[key] = {s: round(x["rouge_l"], 1) for s, x in r.items()}
-        out[key]["test_predictions"] = r["test"]["predictions"]
-        log(f"vlm-en {wv} ja {wj}: fitness {out[key]['fit']:5.1f} test {out[key]['test']:5.1f}  "
-            f"{list(zip(r['test']['questions'][:3], r['test']['predictions'][:3]))}")
+        last = r[splits[-1]]
+        out[key][f"{splits[-1]}_predictions"] = last["predictions"]
+        log(f"vlm-en {wv} {lms[1]} {wj}{' images shuffled' if shuffled else ''}: "
+            + " ".join(f"{s} {out[key][s]:5.1f}" for s in splits)
+            + f"  {list(zip(last['references'][:4], last['predictions'][:4]))}")
     return out
 
 

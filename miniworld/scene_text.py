@@ -88,7 +88,7 @@ def scene_document(rng: random.Random, paired: float = 0.0) -> str:
 
     def turn(text: str, lang: str) -> str:
         q, a, system = (q_en, a_en, formats.SYSTEM_EN) if lang == "en" else (q_ja, a_ja, formats.SYSTEM_JA)
-        return f"{formats.chat(text + chr(10) + q, system)} {a}"
+        return formats.chat(f"{text}\n{q}", system) + f" {a}"
     if paired and rng.random() < paired:
         text = describe(scene, rng.choice(["en", "ja"]), rng, complete=True)
         first = rng.choice(["en", "ja"])

@@ -410,9 +410,7 @@ def _with_text_loss(model, loss_fn, tok, corpus, batch: int, block: int, seed: i
 
     def fn(b):
         x = blocks[torch.randint(0, len(blocks), (batch,), generator=gen)]
-        h = model.model.language_model(input_ids=x).last_hidden_state[:, :-1]
-        logits = model.lm_head(h).float()
-        return loss_fn(b) + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        return loss_fn(b) + model(input_ids=x, labels=x).loss          # text only: no pixel values
     return fn
 
 
