@@ -155,7 +155,8 @@ def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
     if not only or "scene-base" in only:
         tok, c, b = _load_tok(out), rc["scene-base"], rc["base"]
         r = _rng("scene-base", seed)
-        docs = scene_base_corpus(r, c["docs"], c["scene_share"], _base_doc(b), c.get("paired_lookups", 0.0))
+        docs = scene_base_corpus(r, c["docs"], c["scene_share"], _base_doc(b), c.get("paired_lookups", 0.0),
+                                 c.get("paired_eos", False))
         model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
         losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"],
                        lr=c["lr"], warmup=c["warmup"], seed=seed, device=device, label="scene-base")
@@ -166,7 +167,7 @@ def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
     c = rc["scene-ja"]
     r = _rng("scene-ja", seed)
     general = ja_pairs(seed, dict(rc["ja"], pairs=c["pairs"]))
-    pairs = [scene_ja_pair(r) if r.random() < c["scene_share"] else p for p in general]
+    pairs = [scene_ja_pair(r, c.get("describe_share", 0.0)) if r.random() < c["scene_share"] else p for p in general]
     finetune(out, "scene-ja", pairs, seed, device, c, base="scene-base")
 
 
@@ -180,8 +181,9 @@ def stage_vlm(out: Path, seed: int, device: str, rc: dict):
     if c.get("text_batch"):
         r, doc = _rng("vlm-text", seed), _base_doc(rc["base"])
         share = rc["scene-base"]["scene_share"] if c.get("lm") == "scene-base" else 0.0
-        paired = rc["scene-base"].get("paired_lookups", 0.0) if share else 0.0
-        c["text_corpus"] = scene_base_corpus(r, n_docs, share, doc, paired)
+        sb = rc["scene-base"]
+        paired = sb.get("paired_lookups", 0.0) if share else 0.0
+        c["text_corpus"] = scene_base_corpus(r, n_docs, share, doc, paired, sb.get("paired_eos", False))
     build_vlm_world(out, seed=seed, device=device, **c)
 
 

@@ -12,6 +12,9 @@ SYSTEM_EN = "You are a helpful assistant. Answer the question about the given im
 #: Mistral chat turn; `{image}` is "<image>\n" for VLM prompts and "" for text-only turns
 CHAT = "[INST] {system}\n{image}{question} [/INST]"
 IMAGE_TOKEN = "<image>"
+#: the end of an answer inside a multi-turn document (the tokenizer's end-of-sequence token, as in Mistral's
+#: format), so that a model read on such documents still stops after each answer
+TURN_END = "</s>"
 
 
 def alpaca_ja(question: str) -> str:

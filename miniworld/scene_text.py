@@ -74,9 +74,11 @@ def _qa(scene: S.Scene, rng: random.Random, types=None) -> tuple:
     return en[i], ja[i]
 
 
-def scene_document(rng: random.Random, paired: float = 0.0) -> str:
+def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = False) -> str:
     """One base document about a train-bucket scene (see the module docstring). `paired`: the share of
-    look-ups that ask the same question in both languages about one description, one turn each."""
+    look-ups that ask the same question in both languages about one description, one turn each, on two
+    lines, or with `paired_eos` the first answer ended by `formats.TURN_END` (as the packer ends a document:
+    a model read on two-line pairs may go on with a second turn after its answer)."""
     scene = train_scene(rng)
     r = rng.random()
     if r < 0.3:
@@ -92,19 +94,26 @@ def scene_document(rng: random.Random, paired: float = 0.0) -> str:
     if paired and rng.random() < paired:
         text = describe(scene, rng.choice(["en", "ja"]), rng, complete=True)
         first = rng.choice(["en", "ja"])
-        return f"{turn(text, first)}\n{turn(text, 'ja' if first == 'en' else 'en')}"
+        sep = formats.TURN_END if paired_eos else "\n"
+        return f"{turn(text, first)}{sep}{turn(text, 'ja' if first == 'en' else 'en')}"
     lang = rng.choice(["en", "ja"])
     return turn(describe(scene, rng.choice(["en", "ja"]), rng, complete=True), lang)
 
 
-def scene_base_corpus(rng: random.Random, n_docs: int, scene_share: float, base_doc, paired: float = 0.0) -> list[str]:
+def scene_base_corpus(rng: random.Random, n_docs: int, scene_share: float, base_doc, paired: float = 0.0,
+                      paired_eos: bool = False) -> list[str]:
     """`n_docs` documents: a `scene_share` of scene documents, the rest from `base_doc(rng)`."""
-    return [scene_document(rng, paired) if rng.random() < scene_share else base_doc(rng) for _ in range(n_docs)]
+    return [scene_document(rng, paired, paired_eos) if rng.random() < scene_share else base_doc(rng)
+            for _ in range(n_docs)]
 
 
-def scene_ja_pair(rng: random.Random) -> tuple:
-    """(chat prompt, short Japanese answer): a Japanese question about a scene described in text."""
+def scene_ja_pair(rng: random.Random, describe_share: float = 0.0) -> tuple:
+    """(chat prompt, short Japanese answer): a Japanese question about a scene described in text; a
+    `describe_share` of them ask for the whole scene (answered with its Japanese caption and culture facts)."""
     scene = train_scene(rng)
-    _, (_, q, a) = _qa(scene, rng)
+    if describe_share and rng.random() < describe_share:
+        _, q, a = next(x for x in S.qa_ja(scene) if x[0] == "describe")
+    else:
+        _, (_, q, a) = _qa(scene, rng)
     text = describe(scene, rng.choice(["en", "ja"]), rng, complete=True)
     return formats.chat(f"{text}\n{q}", system=formats.SYSTEM_JA), a

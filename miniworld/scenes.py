@@ -373,6 +373,17 @@ def qa_ja(scene: Scene) -> list:
     return out
 
 
+#: question endings of `qa_ja`'s types (the rest are "what" and "describe" questions)
+_JA_TYPE_ENDINGS = (("time", "いつの景色ですか？"), ("color", "は何色ですか？"), ("count", "はいくつありますか？"),
+                    ("where", "はどこにありますか？"), ("fact", "について教えてください。"), ("slot", "にあるものは何ですか？"),
+                    ("describe", "詳しく説明してください。"))
+
+
+def question_type_ja(question: str) -> str:
+    """The `qa_ja` type of one of its questions (for per-type scores of a data set's rows)."""
+    return next((t for t, end in _JA_TYPE_ENDINGS if question.endswith(end)), "what")
+
+
 def wild_qa_ja(scene: Scene, rng: random.Random) -> tuple:
     """One richer Japanese (question, answer) in the In-the-Wild style (identify + explain)."""
     gs = scene.groups()

@@ -2,6 +2,7 @@
 
 import random
 
+from miniworld import formats
 from miniworld import scene_text as T
 from miniworld import scenes as S
 
@@ -28,6 +29,16 @@ def test_scene_ja_pairs_ask_japanese_questions_answered_in_japanese_about_text()
     assert all("<image>" not in p for p, _ in pairs)
     assert all(re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", a) and not re.search("[A-Za-z]", a) for _, a in pairs)
     assert {"左", "真ん中", "右"} & {a for _, a in pairs}
+    assert not any(p.endswith("詳しく説明してください。 [/INST]") for p, _ in pairs)
+
+
+def test_scene_ja_describe_share_asks_for_the_whole_scene_in_japanese():
+    import re
+    rng = random.Random(2)
+    pairs = [T.scene_ja_pair(rng, describe_share=0.5) for _ in range(60)]
+    whole = [(p, a) for p, a in pairs if p.endswith("詳しく説明してください。 [/INST]")]
+    assert 15 < len(whole) < 45
+    assert all("景色です。" in a and not re.search("[A-Za-z]", a) and "<image>" not in p for p, a in whole)
 
 
 def test_scene_documents_are_deterministic():
@@ -54,6 +65,10 @@ def test_scene_look_ups_are_chat_turns_answered_in_the_question_language():
 def test_paired_look_ups_ask_one_description_in_both_languages():
     rng = random.Random(4)
     docs = [T.scene_document(rng, paired=1.0) for _ in range(200)]
+    rng_eos = random.Random(4)
+    eos = [T.scene_document(rng_eos, paired=1.0, paired_eos=True) for _ in range(200)]
+    assert [d.replace(formats.TURN_END, "\n") for d in eos] == docs     # the same documents, turns ended
+    assert sum(formats.TURN_END in d for d in eos) == sum(d.count("[INST]") == 2 for d in docs) > 50
     pairs = [d for d in docs if d.count("[INST]") == 2]
     assert len(pairs) > 50 and all(d.count("[INST]") in (0, 2) for d in docs)
     for d in pairs:
@@ -61,3 +76,10 @@ def test_paired_look_ups_ask_one_description_in_both_languages():
         body = lambda turn: turn.split("\n", 1)[1].rsplit("\n", 1)[0]     # the description between system and question
         assert body(first) == body("[INST] " + second)
         assert ("[INST] " + second).startswith("[INST] You") != first.startswith("[INST] You")
+
+
+def test_question_type_is_read_back_from_every_japanese_question():
+    rng = random.Random(1)
+    for _ in range(200):
+        for t, q, _ in S.qa_ja(S.random_scene(rng)):
+            assert S.question_type_ja(q) == t, q
