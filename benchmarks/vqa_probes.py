@@ -1,11 +1,13 @@
-"""The lab notebook's VQA probes of attempts 7-8 (assets/README.md), on a world folder (CPU, 2 threads):
+"""The lab notebook's VQA probes of attempts 7-9 (assets/README.md), on a world folder (CPU, 2 threads):
 
 - `python benchmarks/vqa_probes.py --world W [--vlm DIR] [--lms BASE JA]`: task arithmetic of vlm-en's language tower and
   scene-ja at small vlm-en weights on the first 150 fitness items, ROUGE-L with the language rule (x100,
   24 new tokens), also with the images shuffled (every question asked about another item's image);
 - `--accuracy`: exact short answers on 200 fitness-bucket scenes (colour, count, time, position questions):
   vlm-en asked in English, vlm-en asked in Japanese (does it understand the question? scored against the
-  English answer), and the scene-ja tower (alone and with a quarter of vlm-en, or `--points`) asked in Japanese.
+  English answer), and the scene-ja tower (alone and with a quarter of vlm-en, or `--points`) asked in Japanese;
+- `--by-type RUN`: ROUGE-L with the language rule (x100, the search's 32 new tokens) per question type on the
+  held-out JA-VG-VQA test, for vlm-en, both language models as the tower, TIES d=0.5 and RUN's exported VLM.
 """
 
 import argparse
@@ -13,10 +15,13 @@ import collections
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from evollm.protocols.ja_vqa import VqaProtocol
-from evovlm.infer import generate_answers
+from evollm.protocols import get as get_protocol
+from evollm.protocols.ja_vqa import VqaProtocol, item_scores, language_rule
+from evovlm.infer import generate_answers, load_vlm
+from evovlm.tasks import load_vqa
 from miniworld import formats, report
 from miniworld import scenes as S
 
@@ -62,11 +67,39 @@ def accuracy(vlm, proc, merger, ja: str, points=ACCURACY_POINTS, n: int = 200):
         print(f"vlm-en {wv} + {ja} {wj} asked in Japanese, exact:", exact(p, 2), flush=True)
 
 
+def by_type(world: Path, run: Path, vlm, proc, merger, lms):
+    """Per-question-type scores (see the module docstring): where a merge gains, and what no model reads."""
+    rows = load_vqa(str(world / "data" / "ja-vg-vqa-500" / "test.parquet"))
+    types = [S.question_type_ja(r["question"]) for r in rows]
+    refs, protocol = [r["answer"] for r in rows], get_protocol("ja-vqa", "world")
+
+    def score(model):
+        preds = generate_answers(model, proc, [r["image"] for r in rows], [r["question"] for r in rows], protocol,
+                                 batch_size=50, max_new_tokens=32)
+        return 100 * item_scores(language_rule(preds, refs), refs)["rougeL"][:, 2]
+    base, ja = lms
+    cols = {"vlm-en": ("task_arithmetic", {"vlm-en": {"weight": 1.0}, ja: {"weight": 0.0}}),
+            f"{base} tower": ("task_arithmetic", {"vlm-en": {"weight": 0.0}, ja: {"weight": 0.0}}),
+            f"{ja} tower": ("task_arithmetic", {"vlm-en": {"weight": 0.0}, ja: {"weight": 1.0}}),
+            "TIES d=0.5": ("ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", ja)})}
+    scores = {}
+    for name, (method, per) in cols.items():
+        merger.merge(method, {}, per)
+        scores[name] = score(vlm)
+    scores["evolved"] = score(load_vlm(run / "best" / "model", "cpu")[0])
+    print("| question type | items | " + " | ".join(scores) + " |")
+    print("|---|---:|" + "---:|" * len(scores))
+    for t in [*sorted(set(types)), "all"]:
+        idx = [i for i, x in enumerate(types) if t in (x, "all")]
+        print(f"| {t} | {len(idx)} | " + " | ".join(f"{np.mean(v[idx]):.1f}" for v in scores.values()) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default="assets")
     ap.add_argument("--vlm", help="a vlm-en folder other than WORLD/models/vlm-en (built from the same scene-base)")
     ap.add_argument("--accuracy", action="store_true")
+    ap.add_argument("--by-type", metavar="RUN", type=Path, help="an evovlm merge run folder on this world")
     ap.add_argument("--lms", nargs=2, default=list(report.VQA_LMS), metavar=("BASE", "JA"),
                     help="the base and the Japanese model under WORLD/models (attempt 7: scene-base scene-ja)")
     ap.add_argument("--points", nargs="+", type=point, metavar="WV,WJ[,s]",
@@ -75,9 +108,12 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     world = Path(args.world)
-    if args.accuracy:
+    if args.accuracy or args.by_type:
         vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
-        accuracy(vlm, proc, merger, args.lms[1], args.points or ACCURACY_POINTS)
+        if args.by_type:
+            by_type(world, args.by_type, vlm, proc, merger, tuple(args.lms))
+        else:
+            accuracy(vlm, proc, merger, args.lms[1], args.points or ACCURACY_POINTS)
     else:
         report.vqa_grid(world, args.vlm, items=150, points=args.points or POINTS, lms=tuple(args.lms), splits=("fit",))
 
