@@ -140,9 +140,14 @@ def stage_data(out: Path, seed: int, device: str, rc: dict):
         _write_jsonl(out / "data" / "mixed" / f"{split}.jsonl", mixed[split])
 
 
-def _base_doc(b: dict):
-    """One document drawn as the base's corpus (recipe section `b`)."""
-    return lambda rng: corpus.base_corpus(rng, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
+def _scene_base_docs(rng, n_docs: int, rc: dict, scene_share: float) -> list:
+    """`n_docs` documents drawn as scene-base's corpus is (the base's, a `scene_share` of scene documents
+    written as recipe section `scene-base` says)."""
+    from .scene_text import scene_base_corpus
+    b, sb = rc["base"], rc["scene-base"]
+    base_doc = lambda r: corpus.base_corpus(r, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
+    return scene_base_corpus(rng, n_docs, scene_share, base_doc, sb.get("paired_lookups", 0.0),
+                             sb.get("paired_eos", False))
 
 
 def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
@@ -150,13 +155,11 @@ def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
     instruction model fine-tuned from it (ja's instructions plus questions about scenes described in text).
     `only`: the one of them to (re)build."""
     from transformers import AutoModelForCausalLM
-    from .scene_text import scene_base_corpus, scene_ja_pair
+    from .scene_text import scene_ja_pair
     from .train import train
     if not only or "scene-base" in only:
-        tok, c, b = _load_tok(out), rc["scene-base"], rc["base"]
-        r = _rng("scene-base", seed)
-        docs = scene_base_corpus(r, c["docs"], c["scene_share"], _base_doc(b), c.get("paired_lookups", 0.0),
-                                 c.get("paired_eos", False))
+        tok, c = _load_tok(out), rc["scene-base"]
+        docs = _scene_base_docs(_rng("scene-base", seed), c["docs"], rc, c["scene_share"])
         model = AutoModelForCausalLM.from_pretrained(out / "models" / "base", dtype=torch.float32)
         losses = train(model, tok, docs, steps=c["steps"], batch_size=c["batch_size"], block=c["block"],
                        lr=c["lr"], warmup=c["warmup"], seed=seed, device=device, label="scene-base")
@@ -174,16 +177,12 @@ def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
 def stage_vlm(out: Path, seed: int, device: str, rc: dict):
     """`vlm-en` from `vlm.lm`; with `vlm.text_batch`, it reads on `vlm.text_docs` documents drawn as that
     language model's own corpus (the base's, or scene-base's) beside the images."""
-    from .scene_text import scene_base_corpus
     from .vlm import build_vlm_world
     c = dict(rc["vlm"])
     n_docs = c.pop("text_docs", 20_000)
     if c.get("text_batch"):
-        r, doc = _rng("vlm-text", seed), _base_doc(rc["base"])
         share = rc["scene-base"]["scene_share"] if c.get("lm") == "scene-base" else 0.0
-        sb = rc["scene-base"]
-        paired = sb.get("paired_lookups", 0.0) if share else 0.0
-        c["text_corpus"] = scene_base_corpus(r, n_docs, share, doc, paired, sb.get("paired_eos", False))
+        c["text_corpus"] = _scene_base_docs(_rng("vlm-text", seed), n_docs, rc, share)
     build_vlm_world(out, seed=seed, device=device, **c)
 
 

@@ -48,7 +48,6 @@ def test_scene_documents_are_deterministic():
 
 def test_scene_look_ups_are_chat_turns_answered_in_the_question_language():
     import re
-    from miniworld import formats
     rng = random.Random(2)
     looks = [d for d in (T.scene_document(rng) for _ in range(300)) if d.startswith("[INST]")]
     assert len(looks) > 50
