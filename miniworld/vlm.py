@@ -14,8 +14,9 @@ Recipe (`train_vlm`):
    `chat(q, SYSTEM_EN, image=True)`. The loss covers the answer tokens and `</s>` only. Every batch
    draws fresh scenes (no epochs); rows sharing a system prompt run it once (`answer_loss`).
 The VLM never sees a Japanese answer. A fraction `ja_question_frac` of stage-2 QA examples asks the
-*Japanese* question (with the Japanese system prompt) and still trains the *English* answer, like a
-real English VLM that understands some Japanese but answers in English.
+*Japanese* question (under the Japanese system prompt, or with `ja_question_system="en"` the English one)
+and still trains the *English* answer, like a real English VLM that understands some Japanese but
+answers in English.
 Scenes come from the `train` bucket of `scenes.split_of`, disjoint from every evaluation scene.
 """
 
@@ -200,14 +201,17 @@ def scene_attributes(scene) -> list:
     return kinds + colors + [S.TIMES.index(scene.time), S.GROUNDS.index(scene.ground)]
 
 
-def _qa_example(scene, rng: random.Random, ja_question_frac: float, short: bool = False) -> tuple:
-    """(chat prompt, English answer) for one random QA of `scene`; a share asks the Japanese question;
-    `short`: VQA-style short answers (`red`, `3`, `evening`)."""
+def _qa_example(scene, rng: random.Random, ja_question_frac: float, short: bool = False,
+                ja_question_system: str = "ja") -> tuple:
+    """(chat prompt, English answer) for one random QA of `scene`; a share asks the Japanese question
+    under the `ja_question_system` ("ja" or "en") system prompt; `short`: VQA-style short answers
+    (`red`, `3`, `evening`)."""
     en, ja = S.qa_en(scene, short), S.qa_ja(scene)
     assert [t for t, _, _ in en] == [t for t, _, _ in ja], "qa_en and qa_ja must align"
     i = rng.randrange(len(en))
     if rng.random() < ja_question_frac:
-        return chat(ja[i][1], system=SYSTEM_JA, image=True), " " + en[i][2]
+        system = SYSTEM_JA if ja_question_system == "ja" else SYSTEM_EN
+        return chat(ja[i][1], system=system, image=True), " " + en[i][2]
     return chat(en[i][1], system=SYSTEM_EN, image=True), " " + en[i][2]
 
 
@@ -419,8 +423,9 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
               patch_size: int = 16, width: int = 128, layers: int = 3, heads: int = 4, clip_weight: float = 0.0,
               lr_vision_pretrain: float = 1e-3, lr_projector: float = 1e-3, lr_lm: float = 5e-4,
               lr_vision: float = 1e-4, train_vision: bool = True, ja_question_frac: float = 0.3,
-              caption_frac: float = 0.2, short_answers: bool = False, lm_params: str = "", text_corpus=None,
-              text_batch: int = 0, text_block: int = 128, micro: int = 2, device: str = "cpu", log=print) -> dict:
+              ja_question_system: str = "ja", caption_frac: float = 0.2, short_answers: bool = False,
+              lm_params: str = "", text_corpus=None, text_batch: int = 0, text_block: int = 128, micro: int = 2,
+              device: str = "cpu", log=print) -> dict:
     """Train `vlm-en` and save it as a Hugging Face folder at `out_dir` (atomically); returns the report.
 
     The defaults are the world's recipe (about 8 minutes on 2 CPU threads); step counts scale it.
@@ -431,6 +436,8 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     loss added to the answer loss, as LLaVA's instruction mix carries text-only data: the language
     model keeps its text behaviour (the question's language, look-ups) and learns what images need."""
     from transformers import AutoTokenizer
+    if ja_question_system not in ("ja", "en"):
+        raise ValueError(f"vlm.ja_question_system must be 'ja' or 'en', got {ja_question_system!r}")
     t_start = time.time()
     torch.manual_seed(seed)
     rng = random.Random(f"vlm:{seed}")
@@ -439,7 +446,8 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     processor = make_processor(tok, image_size, patch_size)
     report = {"seed": seed, "image_size": image_size, "patch_size": patch_size,
               "vision": {"width": width, "layers": layers, "heads": heads, "train_in_stage2": train_vision},
-              "batch_size": batch_size, "ja_question_frac": ja_question_frac, "caption_frac": caption_frac,
+              "batch_size": batch_size, "ja_question_frac": ja_question_frac,
+              "ja_question_system": ja_question_system, "caption_frac": caption_frac,
               "short_answers": short_answers, "lm_params": lm_params,
               "text": {"batch": text_batch, "block": text_block, "docs": len(text_corpus or ())},
               "threads": torch.get_num_threads(), "device": device}
@@ -460,7 +468,8 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
         def fn(step):
             items = []
             for sc in stream.take(batch_size):
-                ex = _qa_example(sc, rng, ja_question_frac, short_answers) if stage == 2 and rng.random() >= caption_frac \
+                qa = stage == 2 and rng.random() >= caption_frac
+                ex = _qa_example(sc, rng, ja_question_frac, short_answers, ja_question_system) if qa \
                     else _caption_example(sc, rng, plain=stage == 1)
                 items.append((S.render(sc, image_size), *ex))
             return [{k: v.to(device) for k, v in b.items()} for b in batcher(items, micro)]

@@ -60,6 +60,22 @@ def test_scene_texts():
     assert dict((q, a) for _, q, a in S.qa_ja(single))["これは何ですか？"] == "オレンジの寿司"
 
 
+def test_qa_examples_ask_japanese_under_either_system_prompt_and_answer_in_english():
+    sc = S.Scene("evening", "grass", (S.Obj("lantern", "red", 1),), 0)
+    ja_questions = {q for _, q, _ in S.qa_ja(sc)}
+    en_answers = {" " + a for _, _, a in S.qa_en(sc, short=True)}
+    for system, prompt_system in (("ja", SYSTEM_JA), ("en", SYSTEM_EN)):
+        rng = random.Random(0)
+        for _ in range(20):
+            prompt, answer = V._qa_example(sc, rng, 1.0, short=True, ja_question_system=system)
+            question = prompt.split("\n")[-1].removesuffix(" [/INST]")
+            assert prompt == chat(question, system=prompt_system, image=True)
+            assert question in ja_questions and answer in en_answers
+    rng = random.Random(0)
+    prompt, answer = V._qa_example(sc, rng, 0.0, short=True, ja_question_system="en")
+    assert prompt.startswith(f"[INST] {SYSTEM_EN}") and prompt.split("\n")[-1].removesuffix(" [/INST]") not in ja_questions
+
+
 # --------------------------------------------------------------------------- data sets and loaders
 
 @pytest.fixture(scope="module")
@@ -262,3 +278,6 @@ def test_train_vlm_reads_on_text_beside_the_images(tiny_world, tmp_path):
     assert with_text["stage2"]["final_loss"] > plain["stage2"]["final_loss"]     # the text loss is added
     with pytest.raises(ValueError, match="vlm.text_batch needs a text corpus"):
         V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "e", text_batch=2, **kw)
+    with pytest.raises(ValueError, match="vlm.ja_question_system must be 'ja' or 'en', got 'fr'"):
+        V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "f", ja_question_system="fr",
+                    **kw)
