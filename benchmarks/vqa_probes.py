@@ -7,7 +7,11 @@
   vlm-en asked in English, vlm-en asked in Japanese (does it understand the question? scored against the
   English answer), and the scene-ja tower (alone and with a quarter of vlm-en, or `--points`) asked in Japanese;
 - `--by-type RUN`: ROUGE-L with the language rule (x100, the search's 32 new tokens) per question type on the
-  held-out JA-VG-VQA test, for vlm-en, both language models as the tower, TIES d=0.5 and RUN's exported VLM.
+  held-out JA-VG-VQA test, for vlm-en, both language models as the tower, TIES d=0.5 and RUN's exported VLM;
+- `--time-choice RUN`: does a model read the time of day? On the held-out test's time questions, the share
+  (%) where the right one of the three answers (昼 / 夕方 / 夜, or daytime / evening / night asked in English)
+  is the likeliest continuation of the prompt; the same models as `--by-type`, and vlm-en and the base as the
+  tower asked in English.
 """
 
 import argparse
@@ -94,12 +98,59 @@ def by_type(world: Path, run: Path, vlm, proc, merger, lms):
         print(f"| {t} | {len(idx)} | " + " | ".join(f"{np.mean(v[idx]):.1f}" for v in scores.values()) + " |")
 
 
+@torch.no_grad()
+def answer_logprobs(model, proc, images, prompt: str, answers) -> torch.Tensor:
+    """(items, answers) log-probabilities of each answer (after a space, as the world's models answer)
+    following `prompt` about each image, teacher-forced."""
+    tok, out = proc.tokenizer, []
+    for a in answers:
+        n = len(tok(f"{prompt} {a}")["input_ids"]) - len(tok(prompt)["input_ids"])
+        enc = proc(images=[im.convert("RGB") for im in images], text=[f"{prompt} {a}"] * len(images),
+                   return_tensors="pt")
+        logp = model(**enc).logits[:, -n - 1:-1].float().log_softmax(-1)
+        out.append(logp.gather(2, enc["input_ids"][:, -n:, None]).sum((1, 2)))
+    return torch.stack(out, 1)
+
+
+def time_choice(world: Path, run: Path, vlm, proc, merger, lms):
+    """Forced-choice reading of the time of day (see the module docstring)."""
+    rows = [r for r in load_vqa(str(world / "data" / "ja-vg-vqa-500" / "test.parquet"))
+            if S.question_type_ja(r["question"]) == "time"]
+    images, gold = [r["image"] for r in rows], torch.tensor([S.TIMES.index(
+        next(t for t, ja in S.TIMES_JA.items() if ja == r["answer"])) for r in rows])
+    ja_prompt = get_protocol("ja-vqa", "world").prompt(rows[0]["question"])
+    en_prompt = formats.chat(next(q for t, q, _ in S.qa_en(S.random_scene(random.Random(0))) if t == "time"),
+                             formats.SYSTEM_EN, image=True)
+    asks = {"ja": (ja_prompt, [S.TIMES_JA[t] for t in S.TIMES]), "en": (en_prompt, [S.TIMES_EN[t] for t in S.TIMES])}
+
+    def share(model, lang):
+        prompt, answers = asks[lang]
+        return 100.0 * (answer_logprobs(model, proc, images, prompt, answers).argmax(1) == gold).float().mean().item()
+    base, ja = lms
+    ta = lambda wv, wj: ("task_arithmetic", {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
+    cols = [("vlm-en asked in English", "en", *ta(1.0, 0.0)), ("vlm-en", "ja", *ta(1.0, 0.0)),
+            (f"{base} tower asked in English", "en", *ta(0.0, 0.0)), (f"{base} tower", "ja", *ta(0.0, 0.0)),
+            (f"{ja} tower", "ja", *ta(0.0, 1.0)),
+            ("TIES d=0.5", "ja", "ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", ja)})]
+    scores = {}
+    for name, lang, method, per in cols:
+        merger.merge(method, {}, per)
+        scores[name] = share(vlm, lang)
+    scores["evolved"] = share(load_vlm(run / "best" / "model", "cpu")[0], "ja")
+    print(f"time-of-day questions: {len(rows)} (a constant answer is right on at most "
+          f"{100 * max(torch.bincount(gold).tolist()) / len(rows):.1f}%)")
+    print("| model | right answer likeliest (%) |\n|---|---:|")
+    for name, v in scores.items():
+        print(f"| {name} | {v:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default="assets")
     ap.add_argument("--vlm", help="a vlm-en folder other than WORLD/models/vlm-en (built from the same scene-base)")
     ap.add_argument("--accuracy", action="store_true")
     ap.add_argument("--by-type", metavar="RUN", type=Path, help="an evovlm merge run folder on this world")
+    ap.add_argument("--time-choice", metavar="RUN", type=Path, help="an evovlm merge run folder on this world")
     ap.add_argument("--lms", nargs=2, default=list(report.VQA_LMS), metavar=("BASE", "JA"),
                     help="the base and the Japanese model under WORLD/models (attempt 7: scene-base scene-ja)")
     ap.add_argument("--points", nargs="+", type=point, metavar="WV,WJ[,s]",
@@ -108,10 +159,12 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     world = Path(args.world)
-    if args.accuracy or args.by_type:
+    if args.accuracy or args.by_type or args.time_choice:
         vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
         if args.by_type:
             by_type(world, args.by_type, vlm, proc, merger, tuple(args.lms))
+        elif args.time_choice:
+            time_choice(world, args.time_choice, vlm, proc, merger, tuple(args.lms))
         else:
             accuracy(vlm, proc, merger, args.lms[1], args.points or ACCURACY_POINTS)
     else:
