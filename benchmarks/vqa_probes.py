@@ -1,4 +1,4 @@
-"""The lab notebook's VQA probes of attempts 7-9 (assets/README.md), on a world folder (CPU, 2 threads):
+"""The lab notebook's VQA probes of attempts 7-10 (assets/README.md), on a world folder (CPU, 2 threads):
 
 - `python benchmarks/vqa_probes.py --world W [--vlm DIR] [--lms BASE JA]`: task arithmetic of vlm-en's language tower and
   scene-ja at small vlm-en weights on the first 150 fitness items, ROUGE-L with the language rule (x100,
@@ -71,26 +71,40 @@ def accuracy(vlm, proc, merger, ja: str, points=ACCURACY_POINTS, n: int = 200):
         print(f"vlm-en {wv} + {ja} {wj} asked in Japanese, exact:", exact(p, 2), flush=True)
 
 
+def test_rows(world: Path) -> list:
+    return load_vqa(str(world / "data" / "ja-vg-vqa-500" / "test.parquet"))
+
+
+def compare(vlm, merger, run: Path, lms, score, english=False) -> dict:
+    """{model: score(model, language asked)} for vlm-en, both language models as the tower, TIES d=0.5 and
+    RUN's exported VLM, asked in Japanese; `english`: also vlm-en and the base as the tower asked in English."""
+    base, ja = lms
+    ta = lambda wv, wj: ("task_arithmetic", {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
+    cols = [("vlm-en", "ja", ta(1.0, 0.0)), (f"{base} tower", "ja", ta(0.0, 0.0)),
+            (f"{ja} tower", "ja", ta(0.0, 1.0)),
+            ("TIES d=0.5", "ja", ("ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", ja)}))]
+    if english:
+        cols = [("vlm-en asked in English", "en", ta(1.0, 0.0)), cols[0],
+                (f"{base} tower asked in English", "en", ta(0.0, 0.0)), *cols[1:]]
+    scores = {}
+    for name, lang, (method, per) in cols:
+        merger.merge(method, {}, per)
+        scores[name] = score(vlm, lang)
+    scores["evolved"] = score(load_vlm(run / "best" / "model", "cpu")[0], "ja")
+    return scores
+
+
 def by_type(world: Path, run: Path, vlm, proc, merger, lms):
     """Per-question-type scores (see the module docstring): where a merge gains, and what no model reads."""
-    rows = load_vqa(str(world / "data" / "ja-vg-vqa-500" / "test.parquet"))
+    rows = test_rows(world)
     types = [S.question_type_ja(r["question"]) for r in rows]
     refs, protocol = [r["answer"] for r in rows], get_protocol("ja-vqa", "world")
 
-    def score(model):
+    def score(model, _lang):
         preds = generate_answers(model, proc, [r["image"] for r in rows], [r["question"] for r in rows], protocol,
                                  batch_size=50, max_new_tokens=32)
         return 100 * item_scores(language_rule(preds, refs), refs)["rougeL"][:, 2]
-    base, ja = lms
-    cols = {"vlm-en": ("task_arithmetic", {"vlm-en": {"weight": 1.0}, ja: {"weight": 0.0}}),
-            f"{base} tower": ("task_arithmetic", {"vlm-en": {"weight": 0.0}, ja: {"weight": 0.0}}),
-            f"{ja} tower": ("task_arithmetic", {"vlm-en": {"weight": 0.0}, ja: {"weight": 1.0}}),
-            "TIES d=0.5": ("ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", ja)})}
-    scores = {}
-    for name, (method, per) in cols.items():
-        merger.merge(method, {}, per)
-        scores[name] = score(vlm)
-    scores["evolved"] = score(load_vlm(run / "best" / "model", "cpu")[0])
+    scores = compare(vlm, merger, run, lms, score)
     print("| question type | items | " + " | ".join(scores) + " |")
     print("|---|---:|" + "---:|" * len(scores))
     for t in [*sorted(set(types)), "all"]:
@@ -114,29 +128,17 @@ def answer_logprobs(model, proc, images, prompt: str, answers) -> torch.Tensor:
 
 def time_choice(world: Path, run: Path, vlm, proc, merger, lms):
     """Forced-choice reading of the time of day (see the module docstring)."""
-    rows = [r for r in load_vqa(str(world / "data" / "ja-vg-vqa-500" / "test.parquet"))
-            if S.question_type_ja(r["question"]) == "time"]
-    images, gold = [r["image"] for r in rows], torch.tensor([S.TIMES.index(
-        next(t for t, ja in S.TIMES_JA.items() if ja == r["answer"])) for r in rows])
-    ja_prompt = get_protocol("ja-vqa", "world").prompt(rows[0]["question"])
-    en_prompt = formats.chat(next(q for t, q, _ in S.qa_en(S.random_scene(random.Random(0))) if t == "time"),
-                             formats.SYSTEM_EN, image=True)
-    asks = {"ja": (ja_prompt, [S.TIMES_JA[t] for t in S.TIMES]), "en": (en_prompt, [S.TIMES_EN[t] for t in S.TIMES])}
+    rows = [r for r in test_rows(world) if S.question_type_ja(r["question"]) == "time"]
+    answers = {"ja": [S.TIMES_JA[t] for t in S.TIMES], "en": [S.TIMES_EN[t] for t in S.TIMES]}
+    images, gold = [r["image"] for r in rows], torch.tensor([answers["ja"].index(r["answer"]) for r in rows])
+    en_question = next(q for t, q, _ in S.qa_en(S.random_scene(random.Random(0))) if t == "time")
+    prompts = {"ja": get_protocol("ja-vqa", "world").prompt(rows[0]["question"]),
+               "en": formats.chat(en_question, formats.SYSTEM_EN, image=True)}
 
     def share(model, lang):
-        prompt, answers = asks[lang]
-        return 100.0 * (answer_logprobs(model, proc, images, prompt, answers).argmax(1) == gold).float().mean().item()
-    base, ja = lms
-    ta = lambda wv, wj: ("task_arithmetic", {"vlm-en": {"weight": wv}, ja: {"weight": wj}})
-    cols = [("vlm-en asked in English", "en", *ta(1.0, 0.0)), ("vlm-en", "ja", *ta(1.0, 0.0)),
-            (f"{base} tower asked in English", "en", *ta(0.0, 0.0)), (f"{base} tower", "ja", *ta(0.0, 0.0)),
-            (f"{ja} tower", "ja", *ta(0.0, 1.0)),
-            ("TIES d=0.5", "ja", "ties", {n: {"weight": 1.0, "density": 0.5} for n in ("vlm-en", ja)})]
-    scores = {}
-    for name, lang, method, per in cols:
-        merger.merge(method, {}, per)
-        scores[name] = share(vlm, lang)
-    scores["evolved"] = share(load_vlm(run / "best" / "model", "cpu")[0], "ja")
+        logp = answer_logprobs(model, proc, images, prompts[lang], answers[lang])
+        return 100.0 * (logp.argmax(1) == gold).float().mean().item()
+    scores = compare(vlm, merger, run, lms, share, english=True)
     print(f"time-of-day questions: {len(rows)} (a constant answer is right on at most "
           f"{100 * max(torch.bincount(gold).tolist()) / len(rows):.1f}%)")
     print("| model | right answer likeliest (%) |\n|---|---:|")

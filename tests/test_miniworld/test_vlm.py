@@ -73,7 +73,8 @@ def test_qa_examples_ask_japanese_under_either_system_prompt_and_answer_in_engli
             assert question in ja_questions and answer in en_answers
     rng = random.Random(0)
     prompt, answer = V._qa_example(sc, rng, 0.0, short=True, ja_question_system="en")
-    assert prompt.startswith(f"[INST] {SYSTEM_EN}") and prompt.split("\n")[-1].removesuffix(" [/INST]") not in ja_questions
+    assert prompt.startswith(f"[INST] {SYSTEM_EN}")
+    assert prompt.split("\n")[-1].removesuffix(" [/INST]") not in ja_questions
 
 
 # --------------------------------------------------------------------------- data sets and loaders
