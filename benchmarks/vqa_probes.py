@@ -90,7 +90,8 @@ def compare(vlm, merger, run: Path, lms, score, english=False) -> dict:
     for name, lang, (method, per) in cols:
         merger.merge(method, {}, per)
         scores[name] = score(vlm, lang)
-    scores["evolved"] = score(load_vlm(run / "best" / "model", "cpu")[0], "ja")
+    if run:
+        scores["evolved"] = score(load_vlm(run / "best" / "model", "cpu")[0], "ja")
     return scores
 
 
@@ -152,7 +153,8 @@ def main():
     ap.add_argument("--vlm", help="a vlm-en folder other than WORLD/models/vlm-en (built from the same scene-base)")
     ap.add_argument("--accuracy", action="store_true")
     ap.add_argument("--by-type", metavar="RUN", type=Path, help="an evovlm merge run folder on this world")
-    ap.add_argument("--time-choice", metavar="RUN", type=Path, help="an evovlm merge run folder on this world")
+    ap.add_argument("--time-choice", metavar="RUN", nargs="?", const="", help="an evovlm merge run folder on "
+                    "this world (without one: the sources, towers and TIES only)")
     ap.add_argument("--lms", nargs=2, default=list(report.VQA_LMS), metavar=("BASE", "JA"),
                     help="the base and the Japanese model under WORLD/models (attempt 7: scene-base scene-ja)")
     ap.add_argument("--points", nargs="+", type=point, metavar="WV,WJ[,s]",
@@ -161,12 +163,12 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     world = Path(args.world)
-    if args.accuracy or args.by_type or args.time_choice:
+    if args.accuracy or args.by_type or args.time_choice is not None:
         vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
         if args.by_type:
             by_type(world, args.by_type, vlm, proc, merger, tuple(args.lms))
-        elif args.time_choice:
-            time_choice(world, args.time_choice, vlm, proc, merger, tuple(args.lms))
+        elif args.time_choice is not None:
+            time_choice(world, args.time_choice and Path(args.time_choice), vlm, proc, merger, tuple(args.lms))
         else:
             accuracy(vlm, proc, merger, args.lms[1], args.points or ACCURACY_POINTS)
     else:

@@ -13,6 +13,9 @@ Recipe (`train_vlm`):
    (+ vision tower at a lower rate) on English captions and English QA in chat turns
    `chat(q, SYSTEM_EN, image=True)`. The loss covers the answer tokens and `</s>` only. Every batch
    draws fresh scenes (no epochs); rows sharing a system prompt run it once (`answer_loss`).
+   Options (attempt 11): stage 1 may also answer English questions in chat turns (`stage1_qa_frac`),
+   or pull the frozen LM's hidden states after the image towards those after the scene's text
+   description (`stage1_mimic`, `mimic_loss`); stage 2 may keep stage 1's projector.
 The VLM never sees a Japanese answer. A fraction `ja_question_frac` of stage-2 QA examples asks the
 *Japanese* question (under the Japanese system prompt, or with `ja_question_system="en"` the English one)
 and still trains the *English* answer, like a real English VLM that understands some Japanese but
@@ -297,6 +300,53 @@ def answer_loss(model, batches, share_prefix: bool = True) -> torch.Tensor:
     return total / max(n, 1)
 
 
+def _common_tail(a: list, b: list) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def mimic_loss(model, batcher, rows) -> torch.Tensor:
+    """How far the language model's hidden states on a question and its answer after the image are from
+    the same model's on them after the scene's text description (no gradient through the text side).
+
+    `rows`: [(image, English question, English description, answer)]. Per layer the mean squared
+    difference over the shared tail (question, answer, `</s>`), divided by the text side's mean square;
+    averaged over layers. With the language model frozen this trains the projector to show the image as
+    the base would read its description, whatever the question's language (the base's look-ups are
+    bilingual), not only as an English answer needs."""
+    tok, img, txt = batcher.tok, [], []
+    for image, q, text, a in rows:
+        ans = tok(f" {a}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        pre, rest = batcher.prompt_ids(chat(q, SYSTEM_EN, image=True))
+        img.append(pre + rest + ans)
+        txt.append(tok(chat(f"{text}\n{q}", SYSTEM_EN))["input_ids"] + ans)
+    tails = [_common_tail(i, t) for i, t in zip(img, txt)]
+
+    def padded(seqs):
+        n = max(map(len, seqs))
+        ids = torch.full((len(seqs), n), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for r, x in enumerate(seqs):
+            ids[r, :len(x)], mask[r, :len(x)] = torch.tensor(x), 1
+        dev = next(model.parameters()).device
+        return ids.to(dev), mask.to(dev)
+
+    ids, mask = padded(img)
+    h_img = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                        pixel_values=_pixels(batcher.processor, [r[0] for r in rows]).to(ids.device)).hidden_states
+    with torch.no_grad():
+        ids_t, mask_t = padded(txt)
+        h_txt = model.model.language_model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True).hidden_states
+    pick = lambda h, seqs: torch.cat([h[r, len(x) - k:len(x)] for r, (x, k) in enumerate(zip(seqs, tails))])
+    per_layer = []
+    for a, b in zip(h_img[1:], h_txt[1:]):
+        a, b = pick(a, img).float(), pick(b, txt).float()
+        per_layer.append((a - b).pow(2).mean() / b.pow(2).mean().clamp_min(1e-8))
+    return torch.stack(per_layer).mean()
+
+
 def _schedule(step, steps, warmup):
     if step < warmup:
         return (step + 1) / warmup
@@ -424,6 +474,8 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
               lr_vision_pretrain: float = 1e-3, lr_projector: float = 1e-3, lr_lm: float = 5e-4,
               lr_vision: float = 1e-4, train_vision: bool = True, ja_question_frac: float = 0.3,
               ja_question_system: str = "ja", caption_frac: float = 0.2, short_answers: bool = False,
+              stage1_qa_frac: float = 0.0, stage1_mimic: int = 0, stage1_mimic_weight: float = 1.0,
+              train_projector_stage2: bool = True,
               lm_params: str = "", text_corpus=None, text_batch: int = 0, text_block: int = 128, micro: int = 2,
               device: str = "cpu", log=print) -> dict:
     """Train `vlm-en` and save it as a Hugging Face folder at `out_dir` (atomically); returns the report.
@@ -434,10 +486,17 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     it matches; the rest of the language model stays the base's. `text_batch`: stage 2 also reads on
     `text_batch` blocks of `text_block` tokens of `text_corpus` (documents, text only) per step, next-token
     loss added to the answer loss, as LLaVA's instruction mix carries text-only data: the language
-    model keeps its text behaviour (the question's language, look-ups) and learns what images need."""
+    model keeps its text behaviour (the question's language, look-ups) and learns what images need.
+    `stage1_qa_frac`: a share of stage 1's items are English questions with English answers in the chat
+    turn instead of plain captions; the language model is frozen there, so the projector learns image
+    tokens that the base's own look-up (a description, then a question in either language) can read.
+    `stage1_mimic`: stage 1 also adds `stage1_mimic_weight` x `mimic_loss` on that many fresh scenes per
+    step (an English question each). `train_projector_stage2=False` keeps that projector through stage 2."""
     from transformers import AutoTokenizer
     if ja_question_system not in ("ja", "en"):
         raise ValueError(f"vlm.ja_question_system must be 'ja' or 'en', got {ja_question_system!r}")
+    if not 0.0 <= stage1_qa_frac <= 1.0:
+        raise ValueError(f"vlm.stage1_qa_frac must be in [0, 1], got {stage1_qa_frac!r}")
     t_start = time.time()
     torch.manual_seed(seed)
     rng = random.Random(f"vlm:{seed}")
@@ -448,7 +507,9 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
               "vision": {"width": width, "layers": layers, "heads": heads, "train_in_stage2": train_vision},
               "batch_size": batch_size, "ja_question_frac": ja_question_frac,
               "ja_question_system": ja_question_system, "caption_frac": caption_frac,
-              "short_answers": short_answers, "lm_params": lm_params,
+              "short_answers": short_answers, "lm_params": lm_params, "stage1_qa_frac": stage1_qa_frac,
+              "stage1_mimic": stage1_mimic, "stage1_mimic_weight": stage1_mimic_weight,
+              "train_projector_stage2": train_projector_stage2,
               "text": {"batch": text_batch, "block": text_block, "docs": len(text_corpus or ())},
               "threads": torch.get_num_threads(), "device": device}
 
@@ -468,9 +529,12 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
         def fn(step):
             items = []
             for sc in stream.take(batch_size):
-                qa = stage == 2 and rng.random() >= caption_frac
-                ex = _qa_example(sc, rng, ja_question_frac, short_answers, ja_question_system) if qa \
-                    else _caption_example(sc, rng, plain=stage == 1)
+                if stage == 2:
+                    qa = rng.random() >= caption_frac
+                else:                                   # no draw unless asked: older builds stay bit for bit
+                    qa = bool(stage1_qa_frac) and rng.random() < stage1_qa_frac
+                ex = _qa_example(sc, rng, ja_question_frac if stage == 2 else 0.0, short_answers,
+                                 ja_question_system) if qa else _caption_example(sc, rng, plain=stage == 1)
                 items.append((S.render(sc, image_size), *ex))
             return [{k: v.to(device) for k, v in b.items()} for b in batcher(items, micro)]
         return fn
@@ -479,8 +543,21 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     model.train()
     model.requires_grad_(False)
     m.multi_modal_projector.requires_grad_(True)
+    stage1_loss = lambda b: answer_loss(model, b)
+    if stage1_mimic:
+        from .scene_text import facts_en
+        mrng = random.Random(f"vlm-mimic:{seed}")        # its own scenes: the other batches stay as they were
+        mstream = SceneStream(mrng)
+
+        def mimic_rows():
+            rows = []
+            for sc in mstream.take(stage1_mimic):
+                _, q, a = mrng.choice(S.qa_en(sc, short_answers))
+                rows.append((S.render(sc, image_size), q, facts_en(sc, mrng), a))
+            return rows
+        stage1_loss = lambda b: answer_loss(model, b) + stage1_mimic_weight * mimic_loss(model, batcher, mimic_rows())
     report["stage1"] = _optimise([{"params": list(m.multi_modal_projector.parameters()), "lr": lr_projector}],
-                                 stage1_steps, make_batch(1), lambda b: answer_loss(model, b), log, "stage1")
+                                 stage1_steps, make_batch(1), stage1_loss, log, "stage1")
     model.requires_grad_(True)
     lm = [(f"model.{n}", p) for n, p in m.language_model.named_parameters()] + \
         [(f"lm_head.{n}", p) for n, p in model.lm_head.named_parameters()]
@@ -491,8 +568,11 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
         if not lm:
             raise ValueError(f"vlm.lm_params={lm_params!r} matches no language-model parameter")
         report["lm_trained"] = sorted({re.sub(r"\.(weight|bias)$", "", n) for n, _ in lm})
-    groups = [{"params": list(m.multi_modal_projector.parameters()), "lr": lr_projector},
-              {"params": [p for _, p in lm], "lr": lr_lm}]
+    groups = [{"params": [p for _, p in lm], "lr": lr_lm}]
+    if train_projector_stage2:
+        groups.insert(0, {"params": list(m.multi_modal_projector.parameters()), "lr": lr_projector})
+    else:
+        m.multi_modal_projector.requires_grad_(False)
     if train_vision:
         groups.append({"params": list(m.vision_tower.parameters()), "lr": lr_vision})
     else:

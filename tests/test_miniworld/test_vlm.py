@@ -282,3 +282,52 @@ def test_train_vlm_reads_on_text_beside_the_images(tiny_world, tmp_path):
     with pytest.raises(ValueError, match="vlm.ja_question_system must be 'ja' or 'en', got 'fr'"):
         V.train_vlm(tiny_world / "tokenizer", tiny_world / "models" / "base", tmp_path / "f", ja_question_system="fr",
                     **kw)
+
+
+def test_train_vlm_stage1_questions_and_a_projector_kept_through_stage2(tiny_world, tmp_path):
+    """`stage1_qa_frac`: stage 1 (language model frozen) also answers English questions in the chat turn;
+    `train_projector_stage2=False`: stage 2 leaves the projector as stage 1 made it."""
+    from safetensors.torch import load_file
+    kw = dict(seed=0, vision_steps=1, stage1_steps=2, vision_batch=4, batch_size=4, width=32, layers=1, heads=2,
+              lr_lm=1e-2, log=None, stage1_qa_frac=1.0)
+    tok, base = tiny_world / "tokenizer", tiny_world / "models" / "base"
+    only1 = V.train_vlm(tok, base, tmp_path / "a", stage2_steps=0, **kw)
+    kept = V.train_vlm(tok, base, tmp_path / "b", stage2_steps=2, train_projector_stage2=False, **kw)
+    moved = V.train_vlm(tok, base, tmp_path / "c", stage2_steps=2, **kw)
+    captions = V.train_vlm(tok, base, tmp_path / "d", stage2_steps=0, **{**kw, "stage1_qa_frac": 0.0})
+    assert only1["stage1_qa_frac"] == 1.0 and kept["train_projector_stage2"] is False
+    assert only1["stage1"]["final_loss"] != captions["stage1"]["final_loss"]     # other items in stage 1
+    w = {k: load_file(str(tmp_path / k / "model.safetensors")) for k in "abc"}
+    proj = [k for k in w["a"] if "multi_modal_projector" in k]
+    lm = [k for k in w["a"] if k.startswith("language_model.")]
+    assert proj and all(torch.equal(w["a"][k], w["b"][k]) for k in proj)
+    assert not all(torch.equal(w["a"][k], w["c"][k]) for k in proj)
+    assert not all(torch.equal(w["a"][k], w["b"][k]) for k in lm)                # stage 2 did train the LM
+    with pytest.raises(ValueError, match=r"vlm.stage1_qa_frac must be in \[0, 1\], got 2"):
+        V.train_vlm(tok, base, tmp_path / "e", stage2_steps=0, **{**kw, "stage1_qa_frac": 2})
+
+
+def test_mimic_loss_trains_the_projector_towards_the_text_reading(tiny_world):
+    from transformers import AutoTokenizer
+    from miniworld.scene_text import facts_en
+    tok = AutoTokenizer.from_pretrained(tiny_world / "tokenizer")
+    torch.manual_seed(0)
+    clip = V.openclip_model(len(tok), width=32, layers=1, heads=2, embed_dim=16, text_width=32, text_layers=1)
+    model = V.build_llava(V.openclip_to_hf_vision(clip.visual), tiny_world / "models" / "base", tok).train()
+    batcher, rng = V._Batcher(V.make_processor(tok, S.SIZE, 16)), random.Random(0)
+    rows = [(S.render(s), *rng.choice(S.qa_en(s, True))[1:2], facts_en(s, rng), S.qa_en(s, True)[0][2])
+            for s in V.SceneStream(rng).take(4)]
+    assert V._common_tail([5, 1, 2, 3], [9, 9, 2, 3]) == 2 and V._common_tail([1], [2]) == 0
+    model.requires_grad_(False)
+    proj = model.model.multi_modal_projector
+    proj.requires_grad_(True)
+    opt = torch.optim.Adam(proj.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = V.mimic_loss(model, batcher, rows)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert 0 < losses[-1] < 0.9 * losses[0]
+    assert all(p.grad is None for p in model.model.language_model.parameters())
