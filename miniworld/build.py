@@ -147,7 +147,7 @@ def _scene_base_docs(rng, n_docs: int, rc: dict, scene_share: float) -> list:
     b, sb = rc["base"], rc["scene-base"]
     base_doc = lambda r: corpus.base_corpus(r, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
     return scene_base_corpus(rng, n_docs, scene_share, base_doc, sb.get("paired_lookups", 0.0),
-                             sb.get("paired_eos", False))
+                             sb.get("paired_eos", False), sb.get("lookups", 0.45), sb.get("balanced_types", False))
 
 
 def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
@@ -170,7 +170,8 @@ def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
     c = rc["scene-ja"]
     r = _rng("scene-ja", seed)
     general = ja_pairs(seed, dict(rc["ja"], pairs=c["pairs"]))
-    pairs = [scene_ja_pair(r, c.get("describe_share", 0.0)) if r.random() < c["scene_share"] else p for p in general]
+    pairs = [scene_ja_pair(r, c.get("describe_share", 0.0), c.get("balanced_types", False))
+             if r.random() < c["scene_share"] else p for p in general]
     finetune(out, "scene-ja", pairs, seed, device, c, base="scene-base")
 
 

@@ -66,27 +66,34 @@ def train_scene(rng: random.Random) -> S.Scene:
             return s
 
 
-def _qa(scene: S.Scene, rng: random.Random, types=None) -> tuple:
-    """An aligned (English QA, Japanese QA) pair of one question type (descriptions excluded)."""
+def _qa(scene: S.Scene, rng: random.Random, types=None, balanced: bool = False) -> tuple:
+    """An aligned (English QA, Japanese QA) pair of one question type (descriptions excluded); `balanced`:
+    the type is drawn first, uniformly (a scene has one time question but a colour question per group)."""
     en, ja = S.qa_en(scene), S.qa_ja(scene)
     keep = [i for i, (t, _, _) in enumerate(ja) if t != "describe" and (types is None or t in types)]
+    if balanced:
+        kind = rng.choice(sorted({ja[i][0] for i in keep}))
+        keep = [i for i in keep if ja[i][0] == kind]
     i = rng.choice(keep)
     return en[i], ja[i]
 
 
-def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = False) -> str:
+def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = False, lookups: float = 0.45,
+                   balanced: bool = False) -> str:
     """One base document about a train-bucket scene (see the module docstring). `paired`: the share of
     look-ups that ask the same question in both languages about one description, one turn each, on two
     lines, or with `paired_eos` the first answer ended by `formats.TURN_END` (as the packer ends a document:
-    a model read on two-line pairs may go on with a second turn after its answer)."""
+    a model read on two-line pairs may go on with a second turn after its answer). `lookups`: the share of
+    look-ups (the rest: descriptions and translation pairs, 30 to 25); `balanced`: see `_qa`."""
     scene = train_scene(rng)
     r = rng.random()
-    if r < 0.3:
+    rest = 1.0 - lookups
+    if r < 0.3 * rest / 0.55:
         return describe(scene, rng.choice(["en", "ja"]), rng)
-    if r < 0.55:
+    if r < rest:
         en, ja = facts_en(scene, rng), facts_ja(scene, rng)
         return rng.choice([f"English: {en}\nJapanese: {ja}", f"日本語: {ja}\n英語: {en}"])
-    (_, q_en, a_en), (_, q_ja, a_ja) = _qa(scene, rng)
+    (_, q_en, a_en), (_, q_ja, a_ja) = _qa(scene, rng, balanced=balanced)
 
     def turn(text: str, lang: str) -> str:
         q, a, system = (q_en, a_en, formats.SYSTEM_EN) if lang == "en" else (q_ja, a_ja, formats.SYSTEM_JA)
@@ -101,19 +108,20 @@ def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = F
 
 
 def scene_base_corpus(rng: random.Random, n_docs: int, scene_share: float, base_doc, paired: float = 0.0,
-                      paired_eos: bool = False) -> list[str]:
+                      paired_eos: bool = False, lookups: float = 0.45, balanced: bool = False) -> list[str]:
     """`n_docs` documents: a `scene_share` of scene documents, the rest from `base_doc(rng)`."""
-    return [scene_document(rng, paired, paired_eos) if rng.random() < scene_share else base_doc(rng)
-            for _ in range(n_docs)]
+    return [scene_document(rng, paired, paired_eos, lookups, balanced) if rng.random() < scene_share
+            else base_doc(rng) for _ in range(n_docs)]
 
 
-def scene_ja_pair(rng: random.Random, describe_share: float = 0.0) -> tuple:
+def scene_ja_pair(rng: random.Random, describe_share: float = 0.0, balanced: bool = False) -> tuple:
     """(chat prompt, short Japanese answer): a Japanese question about a scene described in text; a
-    `describe_share` of them ask for the whole scene (answered with its Japanese caption and culture facts)."""
+    `describe_share` of them ask for the whole scene (answered with its Japanese caption and culture facts);
+    `balanced`: see `_qa`."""
     scene = train_scene(rng)
     if describe_share and rng.random() < describe_share:
         _, q, a = next(x for x in S.qa_ja(scene) if x[0] == "describe")
     else:
-        _, (_, q, a) = _qa(scene, rng)
+        _, (_, q, a) = _qa(scene, rng, balanced=balanced)
     text = describe(scene, rng.choice(["en", "ja"]), rng, complete=True)
     return formats.chat(f"{text}\n{q}", system=formats.SYSTEM_JA), a

@@ -82,3 +82,27 @@ def test_question_type_is_read_back_from_every_japanese_question():
     for _ in range(200):
         for t, q, _ in S.qa_ja(S.random_scene(rng)):
             assert S.question_type_ja(q) == t, q
+
+
+def test_look_up_share_and_balanced_question_types():
+    """`lookups`: the share of scene documents that are look-ups; `balanced`: every question type as often
+    (a scene has one time question but a colour, count and place question per group)."""
+    import collections
+    docs = lambda **kw: [T.scene_document(random.Random(i), **kw) for i in range(600)]
+    share = lambda ds: sum(d.startswith("[INST]") for d in ds) / len(ds)
+    assert abs(share(docs()) - 0.45) < 0.06 and abs(share(docs(lookups=0.8)) - 0.8) < 0.06
+
+    def types(balanced):
+        rng = random.Random(5)
+        out = collections.Counter()
+        for _ in range(1400):
+            _, (_, q, _) = T._qa(T.train_scene(rng), rng, balanced=balanced)
+            out[S.question_type_ja(q)] += 1
+        return out
+    plain, even = types(False), types(True)
+    assert set(plain) == set(even) and len(even) >= 6
+    common = [v for t, v in even.items() if t != "where"]            # "where" needs a single thing of a kind
+    assert max(common) < 1.2 * min(common)
+    assert even["time"] > 1.3 * plain["time"]
+    pairs = [T.scene_ja_pair(random.Random(i), balanced=True)[0] for i in range(400)]
+    assert 0.1 < sum(p.endswith("いつの景色ですか？ [/INST]") for p in pairs) / 400 < 0.25
