@@ -94,7 +94,13 @@ class LocalPool:
         return models
 
     def score_one(self, label: str, exported) -> dict:
-        model = self.models(exported)[label]()
+        if label == EVOLVED or label in self.controls:      # the export is loaded once for all its rows
+            if getattr(self, "_export", (None,))[0] != str(exported):
+                self._export = None                          # the previous one goes before the next loads
+                self._export = (str(exported), self.bench.load_exported(exported))
+            model = self._export[1]
+        else:
+            model = self.models(exported)[label]()
         fit, test = self.controls.get(label, (self.fit_rows, self.test_rows))
         return {"fitness": self.bench.score(model, fit), "test": self.bench.score(model, test)}
 

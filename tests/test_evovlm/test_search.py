@@ -21,9 +21,13 @@ def test_vqa_rows_load_from_either_benchmark_format():
 
 
 @pytest.mark.slow
-def test_short_vlm_run(tmp_path):
+def test_short_vlm_run(tmp_path, monkeypatch):
+    import evovlm.search as VS
     cfg = small(tmp_path, "world-vqa", budget=4, max_new_tokens=12, report={"sources": True, "baselines": False})
+    loads, load = [], VS.VlmWorkbench.load_exported
+    monkeypatch.setattr(VS.VlmWorkbench, "load_exported", lambda self, p: loads.append(p) or load(self, p))
     data = run(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert len(loads) == 1               # the evolved row and its "images shuffled" control share one load
     recs = read_candidates(tmp_path / "run" / "candidates.jsonl")
     assert len(recs) == 4 and all(r["error"] is None for r in recs)
     assert data["rows"]["evolved (best/model)"]["fitness"]["score"] == max(r["score"] for r in recs)
