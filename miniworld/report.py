@@ -203,11 +203,13 @@ def vqa_grid(world: Path, vlm_dir=None, items: int = 100, device: str = "cpu", p
 
 
 def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int = 0, device: str = "cpu",
-            weight_max: float = 1.0, recipe=None, lms=VQA_LMS, log=lambda *a: print(*a, flush=True)) -> dict:
+            weight_max: float = 1.0, recipe=None, lms=VQA_LMS, exported=None,
+            log=lambda *a: print(*a, flush=True)) -> dict:
     """JA-VG-VQA (world) test and In-the-Wild (world): vlm-en, the base and the Japanese model as its language
-    tower, untuned merges, and a searched merge (a search here, or the DARE-TIES `recipe` file an
-    `evovlm merge` run found), also with the test images shuffled (each question asked about another
-    item's image: a model that looks must lose)."""
+    tower, untuned merges, and a searched merge (a search here, the DARE-TIES `recipe` file an `evovlm
+    merge` run found, or `exported`: the VLM folder it wrote, scored as it is: a recipe's DARE masks are
+    drawn again), also with the test images shuffled (each question asked about another item's image: a
+    model that looks must lose)."""
     from evovlm.data import load_in_the_wild, load_ja_vg_vqa
     from .vlm import evaluate_vqa
     vlm, proc, merger = _vqa_merger(world, device, lms=lms)
@@ -218,10 +220,10 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
              "In-the-Wild (world)": load_in_the_wild(str(data / "ja-vlm-bench-in-the-wild" / "test.parquet"))}
     res = {"rows": {}, "examples": {}}
 
-    def record(label, shuffle=False):
+    def record(label, shuffle=False, model=None):
         res["rows"][label] = {}
         for tname, ds in tests.items():
-            r = evaluate_vqa(vlm, proc, ds, seed=seed, shuffle_images=shuffle)
+            r = evaluate_vqa(model or vlm, proc, ds, seed=seed, shuffle_images=shuffle)
             res["rows"][label][tname] = round(r["rouge_l"], 1)
             res["examples"].setdefault(label, list(zip(r["questions"][:2], r["predictions"][:2])))
         log(f"{label:<28}{res['rows'][label]}")
@@ -246,6 +248,13 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
         merger.merge(method, g, per, seed=seed)
         record(label)
 
+    if exported is not None:
+        from evovlm.infer import load_vlm
+        model = load_vlm(exported, device)[0]
+        res["exported"] = Path(exported).name
+        record("evolved (the exported VLM)", model=model)
+        record("evolved (the exported VLM), images shuffled", shuffle=True, model=model)
+        return res
     if recipe is not None:
         from evollm.recipe import load_recipe
         r = load_recipe(recipe)
@@ -307,6 +316,8 @@ def main(argv=None):
     ap.add_argument("--vlm", help="with --target vqa-grid: a VLM folder other than WORLD/models/vlm-en")
     ap.add_argument("--recipe", help="with --target vqa: score this DARE-TIES recipe (e.g. an evovlm merge run's "
                                      "best/recipe.yaml) instead of searching")
+    ap.add_argument("--exported", help="with --target vqa: score this VLM folder (e.g. an evovlm merge run's "
+                                       "best/model) as it is, instead of searching")
     ap.add_argument("--lms", nargs=2, default=list(VQA_LMS), metavar=("BASE", "JA"),
                     help="with the vqa targets: the base and the Japanese model under WORLD/models "
                          "(attempt 7's world: scene-base scene-ja)")
@@ -325,7 +336,8 @@ def main(argv=None):
     elif args.target == "vqa-grid":
         res = vqa_grid(world, args.vlm, device=args.device, lms=tuple(args.lms))
     elif args.target == "vqa":
-        res = run_vqa(world, args.budget, args.fitness_items, args.seed, args.device, args.weight_max, args.recipe, tuple(args.lms))
+        res = run_vqa(world, args.budget, args.fitness_items, args.seed, args.device, args.weight_max, args.recipe,
+                      tuple(args.lms), args.exported)
         print(vqa_table(res))
     else:
         res = run(world, args.target, args.budget, args.fitness_items, args.seed, args.device,

@@ -65,3 +65,22 @@ def test_mgsm_grid_at_a_single_source_scores_that_source():
     assert res["grid"]["0/1"] == {k: round(v, 1) for k, v in r.items() if k not in ("items", "protocol")}
     assert res["grid"]["0/1"]["lang_rate"] == 0 < res["grid"]["1/0"]["lang_rate"]
     assert set(res["untuned"]) == {"task arithmetic 1/1/1", "TIES d=0.5", "DARE-TIES d=0.5"}
+
+
+def test_vqa_report_scores_an_exported_vlm_as_it_is(monkeypatch):
+    """`--exported`: the evolved rows are the folder's own model (no recipe re-drawn), on both test sets,
+    the second time with the images shuffled."""
+    import miniworld.vlm as V
+    calls = []
+
+    def fake(model, proc, ds, seed=0, shuffle_images=False, **kw):
+        calls.append((model, len(ds), shuffle_images))
+        return {"rouge_l": 10.0 * len(calls), "questions": ["q"], "predictions": ["p"]}
+    monkeypatch.setattr(V, "evaluate_vqa", fake)
+    res = report.run_vqa(ASSETS, exported=ASSETS / "models" / "vlm-en", lms=("base", "ja"), log=lambda *_: None)
+    assert list(res["rows"])[-2:] == ["evolved (the exported VLM)", "evolved (the exported VLM), images shuffled"]
+    assert res["exported"] == "vlm-en" and "search" not in res and "recipe" not in res
+    mine = calls[-4:]
+    assert [s for _, _, s in mine] == [False, False, True, True] and len({id(m) for m, _, _ in mine}) == 1
+    assert mine[0][0] is not calls[0][0]          # its own model, not the merger's VLM
+    assert res["rows"]["evolved (the exported VLM), images shuffled"]["In-the-Wild (world)"] == 10.0 * len(calls)
