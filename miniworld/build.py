@@ -140,14 +140,20 @@ def stage_data(out: Path, seed: int, device: str, rc: dict):
         _write_jsonl(out / "data" / "mixed" / f"{split}.jsonl", mixed[split])
 
 
+def _given(section: dict, **names) -> dict:
+    """{argument: value} for the recipe keys of `section` that are set (`names`: key=argument); the rest
+    keep the writer's own defaults."""
+    return {arg: section[key] for key, arg in names.items() if key in section}
+
+
 def _scene_base_docs(rng, n_docs: int, rc: dict, scene_share: float) -> list:
     """`n_docs` documents drawn as scene-base's corpus is (the base's, a `scene_share` of scene documents
     written as recipe section `scene-base` says)."""
     from .scene_text import scene_base_corpus
     b, sb = rc["base"], rc["scene-base"]
     base_doc = lambda r: corpus.base_corpus(r, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
-    return scene_base_corpus(rng, n_docs, scene_share, base_doc, sb.get("paired_lookups", 0.0),
-                             sb.get("paired_eos", False), sb.get("lookups", 0.45), sb.get("balanced_types", False))
+    return scene_base_corpus(rng, n_docs, scene_share, base_doc, **_given(sb, paired_lookups="paired",
+                             paired_eos="paired_eos", lookups="lookups", balanced_types="balanced"))
 
 
 def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
@@ -170,8 +176,8 @@ def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):
     c = rc["scene-ja"]
     r = _rng("scene-ja", seed)
     general = ja_pairs(seed, dict(rc["ja"], pairs=c["pairs"]))
-    pairs = [scene_ja_pair(r, c.get("describe_share", 0.0), c.get("balanced_types", False))
-             if r.random() < c["scene_share"] else p for p in general]
+    kw = _given(c, describe_share="describe_share", balanced_types="balanced")
+    pairs = [scene_ja_pair(r, **kw) if r.random() < c["scene_share"] else p for p in general]
     finetune(out, "scene-ja", pairs, seed, device, c, base="scene-base")
 
 

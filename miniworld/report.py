@@ -223,7 +223,7 @@ def run_vqa(world: Path, budget: int = 32, fitness_items: int = 100, seed: int =
     def record(label, shuffle=False, model=None):
         res["rows"][label] = {}
         for tname, ds in tests.items():
-            r = evaluate_vqa(model or vlm, proc, ds, seed=seed, shuffle_images=shuffle)
+            r = evaluate_vqa(vlm if model is None else model, proc, ds, seed=seed, shuffle_images=shuffle)
             res["rows"][label][tname] = round(r["rouge_l"], 1)
             res["examples"].setdefault(label, list(zip(r["questions"][:2], r["predictions"][:2])))
         log(f"{label:<28}{res['rows'][label]}")
@@ -330,6 +330,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="write the numbers as JSON here")
     args = ap.parse_args(argv)
+    if args.recipe and args.exported:
+        ap.error("--recipe and --exported both name the evolved VLM: give one")
     world = Path(args.world)
     if args.target == "mgsm-grid":
         res = mgsm_grid(world, device=args.device)

@@ -68,6 +68,7 @@ class LocalPool:
         self.task = task_view(bench.task, fit_rows, test_rows)
         self.controls = control_rows(bench.task, fit_rows, test_rows, bench.seed)
         self.labels = list(self.models(None))
+        self._export = (None, None)        # (folder, model): the export scored for its own and its control rows
 
     @classmethod
     def open(cls, cfg, log):
@@ -95,8 +96,8 @@ class LocalPool:
 
     def score_one(self, label: str, exported) -> dict:
         if label == EVOLVED or label in self.controls:      # the export is loaded once for all its rows
-            if getattr(self, "_export", (None,))[0] != str(exported):
-                self._export = None                          # the previous one goes before the next loads
+            if self._export[0] != str(exported):
+                self._export = (None, None)                  # the previous one goes before the next loads
                 self._export = (str(exported), self.bench.load_exported(exported))
             model = self._export[1]
         else:

@@ -84,3 +84,9 @@ def test_vqa_report_scores_an_exported_vlm_as_it_is(monkeypatch):
     assert [s for _, _, s in mine] == [False, False, True, True] and len({id(m) for m, _, _ in mine}) == 1
     assert mine[0][0] is not calls[0][0]          # its own model, not the merger's VLM
     assert res["rows"]["evolved (the exported VLM), images shuffled"]["In-the-Wild (world)"] == 10.0 * len(calls)
+
+
+def test_vqa_report_refuses_a_recipe_and_an_export_at_once(capsys):
+    with pytest.raises(SystemExit):
+        report.main(["--target", "vqa", "--recipe", "r.yaml", "--exported", "m"])
+    assert "--recipe and --exported both name the evolved VLM" in capsys.readouterr().err

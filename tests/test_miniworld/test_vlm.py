@@ -315,8 +315,8 @@ def test_mimic_loss_trains_the_projector_towards_the_text_reading(tiny_world):
     clip = V.openclip_model(len(tok), width=32, layers=1, heads=2, embed_dim=16, text_width=32, text_layers=1)
     model = V.build_llava(V.openclip_to_hf_vision(clip.visual), tiny_world / "models" / "base", tok).train()
     batcher, rng = V._Batcher(V.make_processor(tok, S.SIZE, 16)), random.Random(0)
-    rows = [(S.render(s), *rng.choice(S.qa_en(s, True))[1:2], facts_en(s, rng), S.qa_en(s, True)[0][2])
-            for s in V.SceneStream(rng).take(4)]
+    rows = [(S.render(s), q, facts_en(s, rng), a)
+            for s in V.SceneStream(rng).take(4) for _, q, a in [rng.choice(S.qa_en(s, True))]]
     assert V._common_tail([5, 1, 2, 3], [9, 9, 2, 3]) == 2 and V._common_tail([1], [2]) == 0
     model.requires_grad_(False)
     proj = model.model.multi_modal_projector
