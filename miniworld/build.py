@@ -153,7 +153,8 @@ def _scene_base_docs(rng, n_docs: int, rc: dict, scene_share: float) -> list:
     b, sb = rc["base"], rc["scene-base"]
     base_doc = lambda r: corpus.base_corpus(r, 1, b.get("instruct_share", 0.0), b.get("event_share", 0.0))[0]
     return scene_base_corpus(rng, n_docs, scene_share, base_doc, **_given(sb, paired_lookups="paired",
-                             paired_eos="paired_eos", lookups="lookups", balanced_types="balanced"))
+                             paired_eos="paired_eos", lookups="lookups", balanced_types="balanced",
+                             time_lookups="time_share"))
 
 
 def stage_scenes(out: Path, seed: int, device: str, rc: dict, only=None):

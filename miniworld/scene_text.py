@@ -79,12 +79,13 @@ def _qa(scene: S.Scene, rng: random.Random, types=None, balanced: bool = False) 
 
 
 def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = False, lookups: float = 0.45,
-                   balanced: bool = False) -> str:
+                   balanced: bool = False, time_share: float = 0.0) -> str:
     """One base document about a train-bucket scene (see the module docstring). `paired`: the share of
     look-ups that ask the same question in both languages about one description, one turn each, on two
     lines, or with `paired_eos` the first answer ended by `formats.TURN_END` (as the packer ends a document:
     a model read on two-line pairs may go on with a second turn after its answer). `lookups`: the share of
-    look-ups (the rest: descriptions and translation pairs, 30 to 25); `balanced`: see `_qa`."""
+    look-ups (the rest: descriptions and translation pairs, 30 to 25); `balanced`: see `_qa`; `time_share`: the
+    share of look-ups that ask the time of day (a single fact among many, which a small model reads last)."""
     scene = train_scene(rng)
     r = rng.random()
     rest = 1.0 - lookups
@@ -93,7 +94,8 @@ def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = F
     if r < rest:
         en, ja = facts_en(scene, rng), facts_ja(scene, rng)
         return rng.choice([f"English: {en}\nJapanese: {ja}", f"日本語: {ja}\n英語: {en}"])
-    (_, q_en, a_en), (_, q_ja, a_ja) = _qa(scene, rng, balanced=balanced)
+    types = {"time"} if time_share and rng.random() < time_share else None
+    (_, q_en, a_en), (_, q_ja, a_ja) = _qa(scene, rng, types, balanced=balanced)
 
     def turn(text: str, lang: str) -> str:
         q, a, system = (q_en, a_en, formats.SYSTEM_EN) if lang == "en" else (q_ja, a_ja, formats.SYSTEM_JA)
@@ -108,9 +110,10 @@ def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = F
 
 
 def scene_base_corpus(rng: random.Random, n_docs: int, scene_share: float, base_doc, paired: float = 0.0,
-                      paired_eos: bool = False, lookups: float = 0.45, balanced: bool = False) -> list[str]:
+                      paired_eos: bool = False, lookups: float = 0.45, balanced: bool = False,
+                      time_share: float = 0.0) -> list[str]:
     """`n_docs` documents: a `scene_share` of scene documents, the rest from `base_doc(rng)`."""
-    return [scene_document(rng, paired, paired_eos, lookups, balanced) if rng.random() < scene_share
+    return [scene_document(rng, paired, paired_eos, lookups, balanced, time_share) if rng.random() < scene_share
             else base_doc(rng) for _ in range(n_docs)]
 
 

@@ -106,3 +106,14 @@ def test_look_up_share_and_balanced_question_types():
     assert even["time"] > 1.3 * plain["time"]
     pairs = [T.scene_ja_pair(random.Random(i), balanced=True)[0] for i in range(400)]
     assert 0.1 < sum(p.endswith("いつの景色ですか？ [/INST]") for p in pairs) / 400 < 0.25
+
+
+def test_time_share_asks_the_time_of_day_and_keeps_the_default_documents():
+    """`time_share`: that share of look-ups ask the time (in either language); 0 draws the same documents."""
+    docs = lambda **kw: [T.scene_document(random.Random(i), **kw) for i in range(600)]
+    assert docs() == docs(time_share=0.0)
+    asks = lambda ds: [d for d in ds if d.startswith("[INST]")]
+    is_time = lambda d: "いつの景色ですか？ [/INST]" in d or "What time of day is it? [/INST]" in d
+    plain, more = asks(docs()), asks(docs(time_share=0.5))
+    assert sum(map(is_time, plain)) / len(plain) < 0.2
+    assert 0.5 < sum(map(is_time, more)) / len(more) < 0.7          # half, plus the rest's own time questions
