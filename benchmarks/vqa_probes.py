@@ -12,8 +12,9 @@
   (%) where the right one of the three answers (昼 / 夕方 / 夜, or daytime / evening / night asked in English)
   is the likeliest continuation of the prompt; the same models as `--by-type`, and vlm-en and the base as the
   tower asked in English (without RUN: the sources, towers and TIES only);
-- `--text-lookups`: the two language models asked Japanese questions about test-bucket scenes described in
-  text (English or Japanese facts), exact short answers per question type.
+- `--text-lookups [--ask en]`: the two language models asked Japanese (or English) questions about test-bucket
+  scenes described in text (English or Japanese facts), exact answers per question type (short Japanese ones;
+  asked in English, the sentences of the base's English look-ups, "It is evening.").
 """
 
 import argparse
@@ -74,17 +75,18 @@ def accuracy(vlm, proc, merger, ja: str, points=ACCURACY_POINTS, n: int = 200):
 
 
 @torch.no_grad()
-def text_lookups(world: Path, lms, n: int = 80):
-    """Exact short Japanese answers per question type to Japanese questions about a test-bucket scene
-    *described in text* (English or Japanese facts, `scene_text`), in the chat turn of the base's look-ups:
-    can the language models read a scene from a text at all?"""
+def text_lookups(world: Path, lms, n: int = 80, ask: str = "ja"):
+    """Exact answers per question type to questions in language `ask` about a test-bucket scene *described in
+    text* (English or Japanese facts, `scene_text`), in the chat turn of the base's look-ups: can the language
+    models read a scene from a text at all?"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from miniworld.scene_text import facts_en, facts_ja
     tok = AutoTokenizer.from_pretrained(world / "tokenizer")
     tok.padding_side = "left"
     rng, rows = random.Random(1), []
+    qa, system = (S.qa_ja, formats.SYSTEM_JA) if ask == "ja" else (S.qa_en, formats.SYSTEM_EN)
     for sc in S.scenes_for("test", n, 0):
-        for t, q, a in S.qa_ja(sc):
+        for t, q, a in qa(sc):
             if t not in ("describe", "fact"):
                 rows.append((t, q, a, facts_en(sc, rng), facts_ja(sc, rng)))
     print("| model | description | " + " | ".join(sorted({r[0] for r in rows})) + " |")
@@ -95,9 +97,9 @@ def text_lookups(world: Path, lms, n: int = 80):
             by = collections.defaultdict(list)
             for i in range(0, len(rows), 64):
                 part = rows[i:i + 64]
-                enc = tok([formats.chat(f"{r[col]}\n{r[1]}", formats.SYSTEM_JA) for r in part], return_tensors="pt",
-                          padding=True)
-                out = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+                enc = tok([formats.chat(f"{r[col]}\n{r[1]}", system) for r in part], return_tensors="pt", padding=True)
+                out = model.generate(**enc, max_new_tokens=10 if ask == "ja" else 24, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
                 for r, o in zip(part, out[:, enc["input_ids"].shape[1]:]):
                     by[r[0]].append(tok.decode(o, skip_special_tokens=True).strip() == r[2])
             print(f"| {name} | {lang} | " + " | ".join(f"{100 * np.mean(by[t]):.0f}" for t in sorted(by)) + " |",
@@ -188,8 +190,9 @@ def main():
     ap.add_argument("--by-type", metavar="RUN", type=Path, help="an evovlm merge run folder on this world")
     ap.add_argument("--time-choice", metavar="RUN", nargs="?", const="", help="an evovlm merge run folder on "
                     "this world (without one: the sources, towers and TIES only)")
-    ap.add_argument("--text-lookups", action="store_true", help="the language models asked in Japanese about "
-                    "scenes described in text (exact short answers per question type)")
+    ap.add_argument("--text-lookups", action="store_true", help="the language models asked about scenes described "
+                    "in text (exact answers per question type)")
+    ap.add_argument("--ask", choices=("ja", "en"), default="ja", help="--text-lookups: the questions' language")
     ap.add_argument("--lms", nargs=2, default=list(report.VQA_LMS), metavar=("BASE", "JA"),
                     help="the base and the Japanese model under WORLD/models (attempt 7: scene-base scene-ja)")
     ap.add_argument("--points", nargs="+", type=point, metavar="WV,WJ[,s]",
@@ -199,7 +202,7 @@ def main():
     torch.set_num_threads(2)
     world = Path(args.world)
     if args.text_lookups:
-        text_lookups(world, args.lms)
+        text_lookups(world, args.lms, ask=args.ask)
     elif args.accuracy or args.by_type or args.time_choice is not None:
         vlm, proc, merger = report._vqa_merger(world, "cpu", args.vlm, tuple(args.lms))
         if args.by_type:
