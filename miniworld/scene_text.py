@@ -85,7 +85,8 @@ def scene_document(rng: random.Random, paired: float = 0.0, paired_eos: bool = F
     lines, or with `paired_eos` the first answer ended by `formats.TURN_END` (as the packer ends a document:
     a model read on two-line pairs may go on with a second turn after its answer). `lookups`: the share of
     look-ups (the rest: descriptions and translation pairs, 30 to 25); `balanced`: see `_qa`; `time_share`: the
-    share of look-ups that ask the time of day (a single fact among many, which a small model reads last)."""
+    share of look-ups that ask the time of day (without more of them the base does not learn to read it from a
+    text: lab notebook, attempt 12)."""
     scene = train_scene(rng)
     r = rng.random()
     rest = 1.0 - lookups
