@@ -84,7 +84,7 @@ def text_lookups(world: Path, lms, n: int = 80, ask: str = "ja"):
     tok = AutoTokenizer.from_pretrained(world / "tokenizer")
     tok.padding_side = "left"
     rng, rows = random.Random(1), []
-    qa, system = (S.qa_ja, formats.SYSTEM_JA) if ask == "ja" else (S.qa_en, formats.SYSTEM_EN)
+    qa, system, new = (S.qa_ja, formats.SYSTEM_JA, 10) if ask == "ja" else (S.qa_en, formats.SYSTEM_EN, 24)
     for sc in S.scenes_for("test", n, 0):
         for t, q, a in qa(sc):
             if t not in ("describe", "fact"):
@@ -98,8 +98,7 @@ def text_lookups(world: Path, lms, n: int = 80, ask: str = "ja"):
             for i in range(0, len(rows), 64):
                 part = rows[i:i + 64]
                 enc = tok([formats.chat(f"{r[col]}\n{r[1]}", system) for r in part], return_tensors="pt", padding=True)
-                out = model.generate(**enc, max_new_tokens=10 if ask == "ja" else 24, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
+                out = model.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
                 for r, o in zip(part, out[:, enc["input_ids"].shape[1]:]):
                     by[r[0]].append(tok.decode(o, skip_special_tokens=True).strip() == r[2])
             print(f"| {name} | {lang} | " + " | ".join(f"{100 * np.mean(by[t]):.0f}" for t in sorted(by)) + " |",
