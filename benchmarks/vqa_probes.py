@@ -198,6 +198,8 @@ def main():
                     help="task-arithmetic weights to probe (vlm-en, the Japanese model; s: images shuffled); "
                          "defaults: attempt 7's small vlm-en weights, for --accuracy 0,1 and 0.25,1")
     args = ap.parse_args()
+    if args.ask != "ja" and not args.text_lookups:
+        ap.error("--ask applies to --text-lookups only")
     torch.set_num_threads(2)
     world = Path(args.world)
     if args.text_lookups:
