@@ -3,6 +3,8 @@ JA-VG-VQA fitness items (`--vg`, their first question each) and In-the-Wild-styl
 fitness-bucket scenes, so that a search is also scored on long Japanese answers. No test-bucket scene is used.
 
     python benchmarks/vqa_mixed_fitness.py --out build/mixfit/train.parquet --vg 900 --wild 200
+
+`--part vg` or `--part wild` writes only that part's rows of the same file (to score a model on each part).
 """
 
 import argparse
@@ -12,12 +14,13 @@ from miniworld import scenes as S
 from miniworld.vqa_data import _write, vg_rows, wild_features, wild_rows
 
 
-def mixed_fitness(out: Path, n_vg: int, n_wild: int, seed: int = 0) -> Path:
+def mixed_fitness(out: Path, n_vg: int, n_wild: int, seed: int = 0, part: str = "all") -> Path:
     scenes = S.scenes_for("fitness", n_vg + n_wild, seed)
     vg, wild = vg_rows(scenes[:n_vg], "train", 1_000_000, seed), wild_rows(scenes[n_vg:], n_wild, seed)
     cols = {"page_url": vg["url"], "image_url": vg["url"], "image": vg["image"],
             "question": [q[0]["question"] for q in vg["qas"]], "answer": [q[0]["answer"] for q in vg["qas"]]}
-    return _write({k: v + wild[k] for k, v in cols.items()}, wild_features(), out)
+    keep = {"all": slice(None), "vg": slice(0, n_vg), "wild": slice(n_vg, None)}[part]
+    return _write({k: (v + wild[k])[keep] for k, v in cols.items()}, wild_features(), out)
 
 
 if __name__ == "__main__":
@@ -26,5 +29,6 @@ if __name__ == "__main__":
     ap.add_argument("--vg", type=int, default=900)
     ap.add_argument("--wild", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--part", choices=("all", "vg", "wild"), default="all")
     a = ap.parse_args()
-    print(mixed_fitness(a.out, a.vg, a.wild, a.seed))
+    print(mixed_fitness(a.out, a.vg, a.wild, a.seed, a.part))
