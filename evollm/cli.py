@@ -88,12 +88,15 @@ def add_run_options(m):
     m.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto) instead of starting Ray here")
     m.add_argument("--threads", type=int, help="torch CPU threads per worker (default: the config's "
                    "`search.threads`, else this machine's cores); CPU results depend on it, not on --workers")
+    m.add_argument("--budget", type=int, help="candidates the search ends at (default: the config's "
+                   "`search.budget`); with --resume it may raise a run's budget, also of a finished run, whose "
+                   "export and report are then made again")
 
 
 def cmd_merge(args) -> int:
     if args.recipe:
-        if args.config or args.resume:
-            raise ValueError("--recipe merges once; --config/--resume belong to an evolution run")
+        if args.config or args.resume or args.budget is not None:
+            raise ValueError("--recipe merges once; --config/--resume/--budget belong to an evolution run")
         if not args.out:
             raise ValueError("--recipe needs --out (the output folder)")
         return cmd_merge_recipe(args)
@@ -141,7 +144,7 @@ def cmd_evolve(args, default_config: str = "world-ja-math.yaml", prog: str = "ev
     quiet_libraries()
     resume = f"{prog} merge --out {shlex.quote(str(out))} --resume"
     try:
-        data = run(cfg, out, resume=args.resume, progress=not args.quiet, execution=execution)
+        data = run(cfg, out, resume=args.resume, progress=not args.quiet, execution=execution, budget=args.budget)
     except KeyboardInterrupt as e:
         if out.is_dir():
             n = logged_candidates(out)

@@ -22,8 +22,8 @@ def cmd_merge(args) -> int:
     if not args.recipe:
         from evollm.cli import cmd_evolve
         return cmd_evolve(args, "world-vqa.yaml", "evovlm")
-    if args.config or args.resume:
-        raise ValueError("--recipe merges once; --config/--resume belong to an evolution run")
+    if args.config or args.resume or args.budget is not None:
+        raise ValueError("--recipe merges once; --config/--resume/--budget belong to an evolution run")
     if not args.out:
         raise ValueError("--recipe needs --out (the output folder)")
     from evollm.recipe import load_recipe

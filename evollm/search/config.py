@@ -472,10 +472,11 @@ EXECUTION = ("workers", "ray_address", "log")
 
 def config_diff(given: RunConfig, stored: RunConfig) -> list:
     """The top-level fields in which `given` asks for another run than `stored` (a run folder's): the
-    execution fields do not count, and an unset `search.threads` matches the count the folder recorded."""
+    execution fields and the budget (a resume may change it: runfolder.RunFolder.set_budget) do not count,
+    and an unset `search.threads` matches the count the folder recorded."""
     g, s = given.to_dict(), stored.to_dict()
     for d in (g, s):
-        for k in EXECUTION:
+        for k in (*EXECUTION, "budget"):
             d["search"].pop(k)
     if g["search"]["threads"] is None:
         g["search"]["threads"] = s["search"]["threads"]

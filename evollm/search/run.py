@@ -24,7 +24,7 @@ from . import optimizer as optim
 from .config import ModelRef, RunConfig
 from .report import failures, merge_failures, write_model_card, write_ps_dfs_report, write_report
 from .runfolder import (CandidateLog, RunFailed, RunFolder, load_checkpoint,  # noqa: F401 (RunFailed)
-                        read_candidates, save_checkpoint, stage_folder)
+                        logged_candidates, read_candidates, save_checkpoint, stage_folder)
 from .livelog import best_recipe_text, check as check_live, open_live
 from .pool import LocalPool, with_threads
 
@@ -174,14 +174,15 @@ def evaluate_rows(out: Path, pool, progress=True, log=print) -> dict:
 
 
 def run(cfg: RunConfig | None, out, resume: bool = False, progress: bool = True, log=print,
-        execution: dict = None) -> dict:
+        execution: dict = None, budget: int | None = None) -> dict:
     """`evollm merge --config` (and `evovlm merge --config`): search, export, report. Returns the report
     data. The task the config names picks the workbench (the model kind) for the config's space;
-    `execution` (e.g. {"workers": 2}) overrides how it runs, also for a resumed run.
+    `execution` (e.g. {"workers": 2}) overrides how it runs, also for a resumed run; `budget` replaces
+    the config's `search.budget` (a resume may raise it, also for a finished run).
 
     Everything the run reads (models, tokenizer, data) is loaded before the run folder is made, and a
     run that stops before its first candidate leaves no folder behind."""
-    folder = RunFolder(Path(out), cfg, resume, log, execution)
+    folder = RunFolder(Path(out), cfg, resume, log, execution, budget)
     failed = True
     try:
         folder.cfg = with_threads(folder.cfg)
@@ -236,8 +237,10 @@ def open_pool(cfg: RunConfig, log):
 def run_one(cfg: RunConfig, out: Path, progress, log, create=lambda: None) -> dict:
     done = out / "report.json"              # written last: the run (phase) finished, nothing is left to do
     if done.exists():
-        log(f"{out}: finished earlier (its report.json is complete); nothing is recomputed")
-        return json.loads(done.read_text())
+        if logged_candidates(out) >= cfg.search.budget:
+            log(f"{out}: finished earlier (its report.json is complete); nothing is recomputed")
+            return json.loads(done.read_text())
+        done.unlink()                       # a resume raised the budget: search on, export and report again
     check_live(cfg.search.log)              # a missing package is named before anything loads
     with open_pool(cfg, log) as pool:
         space, task = pool.space, pool.task

@@ -15,6 +15,7 @@ The checkpoint is a pickle: resume only run folders you made.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -82,9 +83,11 @@ class RunFolder:
     run's; one left by a run that stopped before its first candidate is reused. `--resume` takes the
     lock first, so a second process on the same folder fails at once, naming the holder."""
 
-    def __init__(self, out: Path, cfg: RunConfig | None, resume: bool, log=print, execution: dict = None):
+    def __init__(self, out: Path, cfg: RunConfig | None, resume: bool, log=print, execution: dict = None,
+                 budget: int | None = None):
         """`execution`: execution fields (config.EXECUTION, e.g. workers) that override the config's
-        (a resumed run's too)."""
+        (a resumed run's too). `budget` (or a resumed run's --config with another `search.budget`): the
+        candidates the run ends at; a resume may raise it, also for a finished run (see `set_budget`)."""
         self.out, self.resume, self.log = Path(out), resume, log
         self.lock, self.created = RunLock(self.out), False
         if resume:
@@ -97,8 +100,17 @@ class RunFolder:
             self.cfg = with_execution(given, **(execution or {}))
             self.lock.acquire()
             clean_stale(self.out)
+            want = budget if budget is not None else cfg.search.budget if cfg is not None else old.search.budget
+            if want != old.search.budget:
+                try:
+                    self.cfg = self.set_budget(old, want)
+                except BaseException:
+                    self.lock.release()
+                    raise
             return
         self.cfg = with_execution(cfg, **(execution or {}))
+        if budget is not None:
+            self.cfg = with_budget(self.cfg, budget)
         if not self.out.exists():
             return
         if not self.out.is_dir():
@@ -112,6 +124,25 @@ class RunFolder:
                                   "or choose another --out")
         self.lock.acquire()                 # fails if another process is starting a run in it right now
         self.lock.release()
+
+    def set_budget(self, old: RunConfig, want: int) -> RunConfig:
+        """A resumed run's new budget, written into its config.yaml. The budget only ends the search loop, so
+        a run raised from a budget that is a whole number of generations goes on exactly as one started with
+        the larger budget; a last generation cut short by the old budget stays as logged (it was not told to
+        the optimizer) and the search goes on with new generations. A finished run's export and report are
+        made again at the new end."""
+        if old.search.space == "ps+dfs":
+            raise ConfigError(f"--budget: {self.out} is a PS+DFS run, whose DFS phase started from the PS phase's "
+                              "end; start a new run folder with the budget you want")
+        n = logged_candidates(self.out)
+        if want < n:
+            raise ConfigError(f"--budget {want}: {self.out} has already logged {n} candidates; give at least {n}")
+        write_atomic(self.out / "config.yaml", dump_config(with_budget(old, want)))
+        cut = n % old.search.popsize if n >= old.search.budget else 0
+        self.log(f"{self.out}: budget {old.search.budget} -> {want} candidates ({n} logged)"
+                 + (f"; its last generation was cut to {cut} by the old budget: those stay as logged and the search "
+                    "goes on with new generations" if cut and want > n else ""))
+        return with_budget(self.cfg, want)
 
     def create(self):
         """Make the folder (after the inputs loaded): config.yaml, the lock."""
@@ -136,6 +167,12 @@ class RunFolder:
             removed = True
         self.lock.release()
         return removed
+
+
+def with_budget(cfg: RunConfig, budget: int) -> RunConfig:
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ConfigError(f"--budget must be a whole number of candidates >= 1, got {budget!r}")
+    return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, budget=budget))
 
 
 def stage_folder(cfg: RunConfig, out: Path) -> RunConfig:

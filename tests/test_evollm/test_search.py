@@ -319,6 +319,36 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
     assert ja["history"] == jb["history"] and ja["rows"] == jb["rows"]
 
 
+@pytest.mark.slow
+def test_a_resume_raises_a_finished_runs_budget_as_if_it_had_been_given_at_the_start(tmp_path):
+    from evollm.search.run import read_candidates, run
+    d = tiny_run_config(budget=8, popsize=4)
+    d["report"] = {"sources": False, "baselines": False}
+    cfg = C.load_config(write_config(tmp_path, d))
+    quiet = lambda *a: None
+    run(cfg, tmp_path / "long", progress=False, log=quiet, budget=16)
+    short = tmp_path / "short"
+    run(cfg, short, progress=False, log=quiet)
+    assert len(read_candidates(short / "candidates.jsonl")) == 8
+    with pytest.raises(C.ConfigError, match="already logged 8 candidates"):
+        run(None, short, resume=True, progress=False, log=quiet, budget=5)
+    logged = []
+    data = run(None, short, resume=True, progress=False, log=logged.append, budget=16)
+    assert any("budget 8 -> 16" in m for m in logged) and C.load_config(short / "config.yaml").search.budget == 16
+    long_ = json.loads((tmp_path / "long" / "report.json").read_text())
+    assert _strip(read_candidates(short / "candidates.jsonl")) == _strip(read_candidates(tmp_path / "long" / "candidates.jsonl"))
+    assert data["history"] == long_["history"] and len(data["history"]) == 4
+    assert (short / "best" / "recipe.yaml").read_text() == (tmp_path / "long" / "best" / "recipe.yaml").read_text()
+    # a --config that differs only in its budget resumes too; a budget cut short by the old one goes on
+    cut = tmp_path / "cut"
+    run(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, budget=6)), cut, progress=False, log=quiet)
+    logged.clear()
+    run(cfg.phase("ps", cfg.name, budget=10), cut, resume=True, progress=False, log=logged.append)
+    recs = read_candidates(cut / "candidates.jsonl")
+    assert len(recs) == 10 and [r["generation"] for r in recs] == [1] * 4 + [2] * 2 + [3] * 4
+    assert any("cut to 2" in m for m in logged)
+
+
 def test_a_source_of_another_shape_is_refused_by_name(tmp_path):
     from helpers import save_model
 
@@ -364,3 +394,5 @@ def test_resume_takes_workers_but_not_threads_from_the_command_line(tmp_path, ca
     assert "--threads would change it" in capsys.readouterr().err
     assert main(["merge", "--out", str(tmp_path / "x"), "--resume", "--workers", "2"]) == 2   # no such run
     assert "is not a run folder" in capsys.readouterr().err
+    assert main(["merge", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "m"), "--budget", "9"]) == 2
+    assert "--budget belong to an evolution run" in capsys.readouterr().err
