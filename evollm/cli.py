@@ -93,12 +93,17 @@ def add_run_options(m):
                    "export and report are then made again")
 
 
+def check_recipe_args(args):
+    """`merge --recipe` (both front ends): one merge into --out, none of an evolution run's options."""
+    if args.config or args.resume or args.budget is not None:
+        raise ValueError("--recipe merges once; --config/--resume/--budget belong to an evolution run")
+    if not args.out:
+        raise ValueError("--recipe needs --out (the output folder)")
+
+
 def cmd_merge(args) -> int:
     if args.recipe:
-        if args.config or args.resume or args.budget is not None:
-            raise ValueError("--recipe merges once; --config/--resume/--budget belong to an evolution run")
-        if not args.out:
-            raise ValueError("--recipe needs --out (the output folder)")
+        check_recipe_args(args)
         return cmd_merge_recipe(args)
     return cmd_evolve(args)
 

@@ -7,7 +7,7 @@ import math
 import sys
 
 from evollm import __version__
-from evollm.cli import add_run_options, guarded, parse_size
+from evollm.cli import add_run_options, check_recipe_args, guarded, parse_size
 
 def split_parts(names):
     """Group tensor names into vision tower, projector and language tower."""
@@ -22,10 +22,7 @@ def cmd_merge(args) -> int:
     if not args.recipe:
         from evollm.cli import cmd_evolve
         return cmd_evolve(args, "world-vqa.yaml", "evovlm")
-    if args.config or args.resume or args.budget is not None:
-        raise ValueError("--recipe merges once; --config/--resume/--budget belong to an evolution run")
-    if not args.out:
-        raise ValueError("--recipe needs --out (the output folder)")
+    check_recipe_args(args)
     from evollm.recipe import load_recipe
     from .export import merge_vlm
     recipe = load_recipe(args.recipe)
