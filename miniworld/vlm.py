@@ -307,6 +307,21 @@ def _common_tail(a: list, b: list) -> int:
     return n
 
 
+def mimic_rows(stream: SceneStream, rng: random.Random, n: int, image_size: int = S.SIZE, short: bool = False,
+               time_share: float = 0.0) -> list:
+    """`n` rows for `mimic_loss` on fresh scenes: (image, English question, English facts, answer); a
+    `time_share` of them ask the time of day, the rest any of the scene's questions."""
+    from .scene_text import facts_en
+    rows = []
+    for sc in stream.take(n):
+        qa = S.qa_en(sc, short)
+        if time_share and rng.random() < time_share:        # no draw unless asked: older builds stay bit for bit
+            qa = [x for x in qa if x[0] == "time"]
+        _, q, a = rng.choice(qa)
+        rows.append((S.render(sc, image_size), q, facts_en(sc, rng), a))
+    return rows
+
+
 def mimic_loss(model, batcher, rows) -> torch.Tensor:
     """How far the language model's hidden states on a question and its answer after the image are from
     the same model's on them after the scene's text description (no gradient through the text side).
@@ -475,7 +490,7 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
               lr_vision: float = 1e-4, train_vision: bool = True, ja_question_frac: float = 0.3,
               ja_question_system: str = "ja", caption_frac: float = 0.2, short_answers: bool = False,
               stage1_qa_frac: float = 0.0, stage1_mimic: int = 0, stage1_mimic_weight: float = 1.0,
-              train_projector_stage2: bool = True,
+              stage1_mimic_time: float = 0.0, train_projector_stage2: bool = True,
               lm_params: str = "", text_corpus=None, text_batch: int = 0, text_block: int = 128, micro: int = 2,
               device: str = "cpu", log=print) -> dict:
     """Train `vlm-en` and save it as a Hugging Face folder at `out_dir` (atomically); returns the report.
@@ -491,12 +506,15 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     turn instead of plain captions; the language model is frozen there, so the projector learns image
     tokens that the base's own look-up (a description, then a question in either language) can read.
     `stage1_mimic`: stage 1 also adds `stage1_mimic_weight` x `mimic_loss` on that many fresh scenes per
-    step (an English question each). `train_projector_stage2=False` keeps that projector through stage 2."""
+    step (an English question each; `stage1_mimic_time` of them ask the time of day, the rest any question: one
+    time question per scene leaves the time to a tenth of the loss). `train_projector_stage2=False` keeps that
+    projector through stage 2."""
     from transformers import AutoTokenizer
     if ja_question_system not in ("ja", "en"):
         raise ValueError(f"vlm.ja_question_system must be 'ja' or 'en', got {ja_question_system!r}")
-    if not 0.0 <= stage1_qa_frac <= 1.0:
-        raise ValueError(f"vlm.stage1_qa_frac must be in [0, 1], got {stage1_qa_frac!r}")
+    for key, v in (("stage1_qa_frac", stage1_qa_frac), ("stage1_mimic_time", stage1_mimic_time)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"vlm.{key} must be in [0, 1], got {v!r}")
     t_start = time.time()
     torch.manual_seed(seed)
     rng = random.Random(f"vlm:{seed}")
@@ -509,6 +527,7 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
               "ja_question_system": ja_question_system, "caption_frac": caption_frac,
               "short_answers": short_answers, "lm_params": lm_params, "stage1_qa_frac": stage1_qa_frac,
               "stage1_mimic": stage1_mimic, "stage1_mimic_weight": stage1_mimic_weight,
+              "stage1_mimic_time": stage1_mimic_time,
               "train_projector_stage2": train_projector_stage2,
               "text": {"batch": text_batch, "block": text_block, "docs": len(text_corpus or ())},
               "threads": torch.get_num_threads(), "device": device}
@@ -545,17 +564,10 @@ def train_vlm(tokenizer_dir, base_dir, out_dir, seed: int = 0, vision_steps: int
     m.multi_modal_projector.requires_grad_(True)
     stage1_loss = lambda b: answer_loss(model, b)
     if stage1_mimic:
-        from .scene_text import facts_en
         mrng = random.Random(f"vlm-mimic:{seed}")        # its own scenes: the other batches stay as they were
         mstream = SceneStream(mrng)
-
-        def mimic_rows():
-            rows = []
-            for sc in mstream.take(stage1_mimic):
-                _, q, a = mrng.choice(S.qa_en(sc, short_answers))
-                rows.append((S.render(sc, image_size), q, facts_en(sc, mrng), a))
-            return rows
-        stage1_loss = lambda b: answer_loss(model, b) + stage1_mimic_weight * mimic_loss(model, batcher, mimic_rows())
+        mimic = lambda: mimic_rows(mstream, mrng, stage1_mimic, image_size, short_answers, stage1_mimic_time)
+        stage1_loss = lambda b: answer_loss(model, b) + stage1_mimic_weight * mimic_loss(model, batcher, mimic())
     report["stage1"] = _optimise([{"params": list(m.multi_modal_projector.parameters()), "lr": lr_projector}],
                                  stage1_steps, make_batch(1), stage1_loss, log, "stage1")
     model.requires_grad_(True)

@@ -305,18 +305,18 @@ def test_train_vlm_stage1_questions_and_a_projector_kept_through_stage2(tiny_wor
     assert not all(torch.equal(w["a"][k], w["b"][k]) for k in lm)                # stage 2 did train the LM
     with pytest.raises(ValueError, match=r"vlm.stage1_qa_frac must be in \[0, 1\], got 2"):
         V.train_vlm(tok, base, tmp_path / "e", stage2_steps=0, **{**kw, "stage1_qa_frac": 2})
+    with pytest.raises(ValueError, match=r"vlm.stage1_mimic_time must be in \[0, 1\], got -0.1"):
+        V.train_vlm(tok, base, tmp_path / "e", stage2_steps=0, stage1_mimic=2, stage1_mimic_time=-0.1, **kw)
 
 
 def test_mimic_loss_trains_the_projector_towards_the_text_reading(tiny_world):
     from transformers import AutoTokenizer
-    from miniworld.scene_text import facts_en
     tok = AutoTokenizer.from_pretrained(tiny_world / "tokenizer")
     torch.manual_seed(0)
     clip = V.openclip_model(len(tok), width=32, layers=1, heads=2, embed_dim=16, text_width=32, text_layers=1)
     model = V.build_llava(V.openclip_to_hf_vision(clip.visual), tiny_world / "models" / "base", tok).train()
     batcher, rng = V._Batcher(V.make_processor(tok, S.SIZE, 16)), random.Random(0)
-    rows = [(S.render(s), q, facts_en(s, rng), a)
-            for s in V.SceneStream(rng).take(4) for _, q, a in [rng.choice(S.qa_en(s, True))]]
+    rows = V.mimic_rows(V.SceneStream(rng), rng, 4, short=True)
     assert V._common_tail([5, 1, 2, 3], [9, 9, 2, 3]) == 2 and V._common_tail([1], [2]) == 0
     model.requires_grad_(False)
     proj = model.model.multi_modal_projector
@@ -331,3 +331,19 @@ def test_mimic_loss_trains_the_projector_towards_the_text_reading(tiny_world):
         losses.append(loss.item())
     assert 0 < losses[-1] < 0.9 * losses[0]
     assert all(p.grad is None for p in model.model.language_model.parameters())
+
+
+def test_mimic_rows_ask_the_time_as_often_as_asked():
+    """`time_share`: that share of the rows ask the time of day (the answer the scene's); 0 draws nothing
+    more (older builds' rows stay as they were); the facts are the scene's English facts."""
+    from miniworld.scene_text import facts_en
+    rows = lambda share, seed=0: V.mimic_rows(V.SceneStream(random.Random(seed)), random.Random(seed + 1), 200,
+                                              image_size=32, short=True, time_share=share)
+    asked = lambda rs: sum(q == "What time of day is it?" for _, q, _, _ in rs) / len(rs)
+    assert asked(rows(1.0)) == 1.0
+    assert 0.4 < asked(rows(0.5)) < 0.65 and asked(rows(0.0)) < 0.2
+    scenes, rng = V.SceneStream(random.Random(0)).take(200), random.Random(1)
+    by_hand = [(q, facts_en(sc, rng), a) for sc in scenes for _, q, a in [rng.choice(S.qa_en(sc, True))]]
+    assert [r[1:] for r in rows(0.0)] == by_hand
+    for sc, (_, q, _, a) in zip(scenes, rows(1.0)):
+        assert a == S.TIMES_EN[sc.time]
