@@ -54,6 +54,8 @@ def generate(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size
     text only; `batch_size` is its number of slots. Anything else (beam search, repetition penalty,
     other models) runs HF `generate` in static batches of `batch_size` with left padding."""
     from . import decode
+    if not prompts:                 # some transformers releases decode an empty batch as ['']
+        return []
     if decode.unsupported(model, tokenizer, stops, **gen_kwargs) is None:
         try:
             ids = decode.greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
