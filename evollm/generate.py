@@ -54,7 +54,7 @@ def generate(model, tokenizer, prompts, *, max_new_tokens: int = 128, batch_size
     text only; `batch_size` is its number of slots. Anything else (beam search, repetition penalty,
     other models) runs HF `generate` in static batches of `batch_size` with left padding."""
     from . import decode
-    if not prompts:                 # some transformers releases decode an empty batch as ['']
+    if len(prompts) == 0:           # some transformers releases decode an empty batch as ['']
         return []
     if decode.unsupported(model, tokenizer, stops, **gen_kwargs) is None:
         try:
