@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from evollm.generate import cache_keyword
 from . import scenes as S
 from .formats import IMAGE_TOKEN, SYSTEM_EN, SYSTEM_JA, chat
+from .scene_text import facts_en
 
 CAPTION_QUESTIONS = ("Write a short caption for this picture.", "Describe the image briefly.",
                      "What does this picture show?")
@@ -311,7 +312,6 @@ def mimic_rows(stream: SceneStream, rng: random.Random, n: int, image_size: int 
                time_share: float = 0.0) -> list:
     """`n` rows for `mimic_loss` on fresh scenes: (image, English question, English facts, answer); a
     `time_share` of them ask the time of day, the rest any of the scene's questions."""
-    from .scene_text import facts_en
     rows = []
     for sc in stream.take(n):
         qa = S.qa_en(sc, short)

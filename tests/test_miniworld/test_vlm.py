@@ -345,5 +345,5 @@ def test_mimic_rows_ask_the_time_as_often_as_asked():
     scenes, rng = V.SceneStream(random.Random(0)).take(200), random.Random(1)
     by_hand = [(q, facts_en(sc, rng), a) for sc in scenes for _, q, a in [rng.choice(S.qa_en(sc, True))]]
     assert [r[1:] for r in rows(0.0)] == by_hand
-    for sc, (_, q, _, a) in zip(scenes, rows(1.0)):
-        assert a == S.TIMES_EN[sc.time]
+    for sc, (_, _, facts, a) in zip(scenes, rows(1.0)):
+        assert a == S.TIMES_EN[sc.time] and f"It is {a}." in facts
