@@ -14,6 +14,7 @@ import numpy as np
 
 from evollm.card import portable_recipe
 from evollm.checkpoint import Checkpoint
+from evollm.fsutil import write_atomic
 from evollm.hub import resolve_model
 from evollm.search import config as C
 from evollm.search.runfolder import load_checkpoint
@@ -31,8 +32,9 @@ def export_mean(run: Path, force: bool = False) -> dict:
     x = np.clip(np.asarray(opt.es.result.xfavorite, float), 0.0, 1.0)
     recipe, out = space.recipe(x), run / "mean"
     out.mkdir(exist_ok=True)
-    (out / "recipe.yaml").write_text(portable_recipe(recipe, {m.model: m.name for m in cfg.models}).to_yaml())
-    merge_vlm(recipe, out / "model", device="cpu", seed=cfg.seed, force=force, log=lambda *a: None)
+    # the model first: merge_vlm refuses an existing one without --force, and the recipe beside it must stay its own
+    merge_vlm(recipe, out / "model", device=cfg.device, seed=cfg.seed, force=force, log=lambda *a: None)
+    write_atomic(out / "recipe.yaml", portable_recipe(recipe, {m.model: m.name for m in cfg.models}).to_yaml())
     return space.per_model(x)
 
 
