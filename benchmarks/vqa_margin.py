@@ -1,0 +1,74 @@
+"""How sure is a VQA run's margin? For finished `evovlm merge` runs of one config (differing in seed),
+score every reference model of the report (sources, towers, untuned merges) and each run's K best
+candidates by fitness on the held-out test rows, and print per candidate its test score, its margin over
+the best reference, and a paired bootstrap 95% interval of that margin (items resampled together).
+
+    python benchmarks/vqa_margin.py RUN [RUN ...] [--top K] [--samples N]
+
+Scores are ROUGE-L F x 100 with the language rule, the plain mean over items (the report's bootstrap mid
+differs from it by a few hundredths). Each candidate is merged in memory with its run's seed, as the
+search scored it, so its row is the score its export would get. Used for attempt 19 (assets/README.md).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from evollm.protocols.ja_vqa import item_scores, language_rule
+from evollm.search import config as C
+from evollm.search.pool import prepare
+
+
+def per_item(bench, model, rows) -> np.ndarray:
+    """ROUGE-L F per test item, x 100, the language rule applied."""
+    preds = bench.task.predict(model, rows)
+    refs = [r["answer"] for r in rows]
+    return 100.0 * item_scores(language_rule(preds, refs), refs)["rougeL"][:, 2]
+
+
+def interval(diff: np.ndarray, samples: int, seed: int = 0) -> tuple:
+    rng = np.random.RandomState(seed)
+    means = diff[rng.randint(0, len(diff), size=(samples, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def top_candidates(run: Path, k: int) -> list:
+    with open(run / "candidates.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return sorted((r for r in rows if r["score"] is not None), key=lambda r: -r["score"])[:k]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=2000)
+    a = ap.parse_args(argv)
+    cfgs = [C.load_config(r / "config.yaml") for r in a.runs]
+    keys = {(c.base_model, tuple(m.model for m in c.models), c.task.test.data) for c in cfgs}
+    if len(keys) > 1:
+        raise SystemExit(f"{', '.join(map(str, a.runs))}: not runs of one experiment (models or test data differ)")
+    bench, _, test, _ = prepare(cfgs[0], lambda *_: None)
+    refs = {label: per_item(bench, make(), test) for label, make in bench.reference_models().items()}
+    best_label = max(refs, key=lambda k: refs[k].mean())
+    best = refs[best_label]
+    print(f"{len(test)} test items; references: " + ", ".join(f"{k} {v.mean():.1f}" for k, v in refs.items()))
+    print(f"margin over the best reference, {best_label} ({best.mean():.1f})\n")
+    print("| run (seed) | candidate | fitness | test | margin | 95% interval |\n|---|---:|---:|---:|---:|---|")
+    margins = []
+    for run, cfg in zip(a.runs, cfgs):
+        bench.seed = cfg.seed                     # DARE's masks are drawn from the run's seed
+        for r in top_candidates(run, a.top):
+            s = per_item(bench, bench.candidate(r["parameters"]), test)
+            lo, hi = interval(s - best, a.samples)
+            margins.append(s.mean() - best.mean())
+            print(f"| {run.name} ({cfg.seed}) | #{r['index']} | {r['score']:.1f} | {s.mean():.1f} | "
+                  f"{margins[-1]:+.1f} | {lo:+.1f} .. {hi:+.1f} |", flush=True)
+    print(f"\nmargin over all {len(margins)} candidates: mean {np.mean(margins):+.1f}, "
+          f"min {min(margins):+.1f}, max {max(margins):+.1f}")
+
+
+if __name__ == "__main__":
+    main()
