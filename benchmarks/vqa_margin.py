@@ -7,7 +7,8 @@ the best reference, and a paired bootstrap 95% interval of that margin (items re
 
 Scores are ROUGE-L F x 100 with the language rule, the plain mean over items (the report's bootstrap mid
 differs from it by a few hundredths). Each candidate is merged in memory with its run's seed, as the
-search scored it, so its row is the score its export would get. Used for attempt 19 (assets/README.md).
+search scored it, so its row is the score its export would get; the references (whose DARE merges draw masks
+too) with the first run's seed. Used for attempts 19-20 (assets/README.md).
 """
 
 import argparse
