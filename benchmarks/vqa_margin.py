@@ -3,7 +3,10 @@ score every reference model of the report (sources, towers, untuned merges) and 
 candidates by fitness on the held-out test rows, and print per candidate its test score, its margin over
 the best reference, and a paired bootstrap 95% interval of that margin (items resampled together).
 
-    python benchmarks/vqa_margin.py RUN [RUN ...] [--top K] [--samples N]
+    python benchmarks/vqa_margin.py RUN [RUN ...] [--top K] [--samples N] [--test DATA --max-new-tokens N]
+
+`--test` scores another held-out set instead of the runs' test (e.g. the world's In-the-Wild questions, whose
+long answers want `--max-new-tokens 64`, as the world report generates them).
 
 Scores are ROUGE-L F x 100 with the language rule, the plain mean over items (the report's bootstrap mid
 differs from it by a few hundredths). Each candidate is merged in memory with its run's seed, as the
@@ -12,6 +15,7 @@ too) with the first run's seed. Used for attempts 19-20 (assets/README.md).
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,13 +45,26 @@ def top_candidates(run: Path, k: int) -> list:
     return sorted((r for r in rows if r["score"] is not None), key=lambda r: -r["score"])[:k]
 
 
+def with_test(cfg, data, max_new_tokens):
+    """`cfg` scoring `data` (a file or folder of either VQA benchmark's columns) as its test, with that many new
+    tokens (None: the run's own)."""
+    t = cfg.task
+    if data is not None:
+        t = dataclasses.replace(t, test=dataclasses.replace(t.test, data=str(data), split="test", limit=None))
+    if max_new_tokens is not None:
+        t = dataclasses.replace(t, max_new_tokens=max_new_tokens)
+    return dataclasses.replace(cfg, task=t)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--test", type=Path, help="a held-out VQA file to score instead of the runs' test")
+    ap.add_argument("--max-new-tokens", type=int)
     a = ap.parse_args(argv)
-    cfgs = [C.load_config(r / "config.yaml") for r in a.runs]
+    cfgs = [with_test(C.load_config(r / "config.yaml"), a.test, a.max_new_tokens) for r in a.runs]
     keys = {(c.base_model, tuple(m.model for m in c.models), c.task.test.data) for c in cfgs}
     if len(keys) > 1:
         raise SystemExit(f"{', '.join(map(str, a.runs))}: not runs of one experiment (models or test data differ)")
