@@ -40,9 +40,13 @@ def interval(diff: np.ndarray, samples: int, seed: int = 0) -> tuple:
 
 
 def top_candidates(run: Path, k: int) -> list:
+    """The run's `k` best scored candidates among those scored on every fitness item (a raced run's early
+    drop-outs carry a score on fewer items, which ranks nothing)."""
     with open(run / "candidates.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return sorted((r for r in rows if r["score"] is not None), key=lambda r: -r["score"])[:k]
+    scored = [r for r in rows if r["score"] is not None]
+    full = max((r.get("items", 0) for r in scored), default=0)
+    return sorted((r for r in scored if r.get("items", 0) == full), key=lambda r: -r["score"])[:k]
 
 
 def with_test(cfg, data, max_new_tokens):
