@@ -14,6 +14,7 @@ import numpy as np
 
 from evollm.card import portable_recipe
 from evollm.checkpoint import Checkpoint
+from evollm.engine.plan import text_config
 from evollm.fsutil import write_atomic
 from evollm.hub import resolve_model
 from evollm.search import config as C
@@ -28,7 +29,7 @@ def export_mean(run: Path, force: bool = False) -> dict:
     if not hasattr(opt, "es"):
         raise SystemExit(f"{run}: search.optimizer is {cfg.search.optimizer}, not cma: it has no mean")
     base = Checkpoint(resolve_model(cfg.base_model), name=cfg.base_model).config   # the searched tower's shape
-    space = ParamSpace.of(cfg, (base.get("text_config") or base)["num_hidden_layers"])
+    space = ParamSpace.of(cfg, text_config(base)["num_hidden_layers"])
     x = np.clip(np.asarray(opt.es.result.xfavorite, float), 0.0, 1.0)
     recipe, out = space.recipe(x), run / "mean"
     out.mkdir(exist_ok=True)

@@ -16,7 +16,6 @@ too) with the first run's seed. Used for attempts 19-20 (assets/README.md).
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy as np
 from evollm.protocols.ja_vqa import item_scores, language_rule
 from evollm.search import config as C
 from evollm.search.pool import prepare
+from evollm.search.runfolder import read_candidates
 
 
 def per_item(bench, model, rows) -> np.ndarray:
@@ -39,14 +39,12 @@ def interval(diff: np.ndarray, samples: int, seed: int = 0) -> tuple:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def top_candidates(run: Path, k: int) -> list:
-    """The run's `k` best scored candidates among those scored on every fitness item (a raced run's early
-    drop-outs carry a score on fewer items, which ranks nothing)."""
-    with open(run / "candidates.jsonl", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    scored = [r for r in rows if r["score"] is not None]
-    full = max((r.get("items", 0) for r in scored), default=0)
-    return sorted((r for r in scored if r.get("items", 0) == full), key=lambda r: -r["score"])[:k]
+def top_candidates(run: Path, k: int, n_items: int) -> list:
+    """The run's `k` best candidates scored on all `n_items` fitness items (as the search picks its best: a
+    raced run's early drop-outs carry a score on fewer items, which ranks nothing)."""
+    full = [r for r in read_candidates(run / "candidates.jsonl")
+            if r["score"] is not None and r.get("items", n_items) == n_items]
+    return sorted(full, key=lambda r: -r["score"])[:k]
 
 
 def with_test(cfg, data, max_new_tokens):
@@ -69,10 +67,10 @@ def main(argv=None) -> None:
     ap.add_argument("--max-new-tokens", type=int)
     a = ap.parse_args(argv)
     cfgs = [with_test(C.load_config(r / "config.yaml"), a.test, a.max_new_tokens) for r in a.runs]
-    keys = {(c.base_model, tuple(m.model for m in c.models), c.task.test.data) for c in cfgs}
+    keys = {(c.base_model, tuple(m.model for m in c.models), c.task.fitness, c.task.test) for c in cfgs}
     if len(keys) > 1:
-        raise SystemExit(f"{', '.join(map(str, a.runs))}: not runs of one experiment (models or test data differ)")
-    bench, _, test, _ = prepare(cfgs[0], lambda *_: None)
+        raise SystemExit(f"{', '.join(map(str, a.runs))}: not runs of one experiment (models or data differ)")
+    bench, fit, test, _ = prepare(cfgs[0], lambda *_: None)
     refs = {label: per_item(bench, make(), test) for label, make in bench.reference_models().items()}
     best_label = max(refs, key=lambda k: refs[k].mean())
     best = refs[best_label]
@@ -82,7 +80,7 @@ def main(argv=None) -> None:
     margins = []
     for run, cfg in zip(a.runs, cfgs):
         bench.seed = cfg.seed                     # DARE's masks are drawn from the run's seed
-        for r in top_candidates(run, a.top):
+        for r in top_candidates(run, a.top, len(fit)):
             s = per_item(bench, bench.candidate(r["parameters"]), test)
             lo, hi = interval(s - best, a.samples)
             margins.append(s.mean() - best.mean())
